@@ -1,0 +1,251 @@
+"""Dressing-Attention (DA) on already-projected q/k/v.
+
+All tensors use the host's layout ``[B, tokens, heads * dim_head]``.  The same function
+serves the ComfyUI attn1 replace (``nodes/patch.py``), the diffusers attention processors
+and the trainer, so the three compute one model.
+
+Two forms are implemented:
+
+* ``separate`` [paper, Eq. 6]::
+
+      Z = softmax(Q K^T / sqrt(d)) V + lambda * softmax(Q K'^T / sqrt(d)) V'
+
+  with one softmax over the concatenated tokens of all N garments.
+* ``joint`` [choice, what reference-style weights such as MagicClothing were trained with]::
+
+      Z = softmax(Q [K, K']^T / sqrt(d) + b) [V, V']
+
+  where ``b`` is ``log(lambda * w_k)`` on garment k's tokens (0 on the image's own tokens),
+  so lambda = 1 and w = 1 give the plain joint softmax.
+
+Per-garment weights ``w_k`` scale garment k's values in the separate form (the output is
+linear in V') and bias its logits in the joint form.  Optional per-garment regions
+(a training-free localization [choice]) restrict each pixel row to the garments whose
+region contains it; rows in no region see every garment.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+#: ``fn(q, k, v, heads, mask=None) -> [B, T, heads*dim]``; ``mask`` is additive, broadcastable
+#: to ``[B, heads, T, S]`` (a 2-D ``[T, S]`` or 3-D ``[B, T, S]`` mask is accepted).
+AttentionFn = Callable[..., torch.Tensor]
+
+
+class DAForm:
+    """How garment tokens enter self-attention."""
+
+    SEPARATE = "separate"
+    JOINT = "joint"
+    ALL = (SEPARATE, JOINT)
+
+
+def _heads_view(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def _mask_4d(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if mask is None:
+        return None
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim == 3:
+        mask = mask.unsqueeze(1)
+    return mask
+
+
+def sdpa_attention(q, k, v, heads: int, mask: Optional[torch.Tensor] = None, **_ignored) -> torch.Tensor:
+    """Default attention: PyTorch SDPA with the host's calling convention."""
+    b, t, c = q.shape
+    if k.shape[0] != b:
+        k = k.expand(b, -1, -1)
+        v = v.expand(b, -1, -1)
+    out = F.scaled_dot_product_attention(
+        _heads_view(q, heads), _heads_view(k, heads), _heads_view(v, heads), attn_mask=_mask_4d(mask)
+    )
+    return out.transpose(1, 2).reshape(b, t, c)
+
+
+def _as_weights(weights, n: int, like: torch.Tensor) -> torch.Tensor:
+    if weights is None:
+        return torch.ones(n, dtype=like.dtype, device=like.device)
+    w = torch.as_tensor(weights, dtype=like.dtype, device=like.device).flatten()
+    if w.numel() != n:
+        raise ValueError(f"got {w.numel()} garment weights for {n} garments; give one weight per garment")
+    return w
+
+
+def _token_index(lengths: Sequence[int], device) -> torch.Tensor:
+    """Garment index of every garment token: ``[S]``."""
+    return torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.as_tensor(list(lengths), device=device)
+    )
+
+
+def region_bias(regions: torch.Tensor, lengths: Sequence[int], dtype) -> torch.Tensor:
+    """Additive bias ``[Br, T, S]`` from per-garment regions ``[Br, T, N]``.
+
+    A row whose regions contain garment k may see k's tokens; a row in no region sees all.
+    """
+    allowed = regions > 0.5
+    nowhere = ~allowed.any(dim=-1, keepdim=True)
+    allowed = allowed | nowhere
+    allowed_tokens = allowed[..., _token_index(lengths, regions.device)]
+    bias = torch.zeros(allowed_tokens.shape, dtype=dtype, device=regions.device)
+    return bias.masked_fill_(~allowed_tokens, float("-inf"))
+
+
+def garment_maps(q, gk, heads: int, lengths: Sequence[int], bias: Optional[torch.Tensor] = None,
+                 self_k: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-garment attention maps ``A_k`` [paper, Eq. 7]: ``[B, T, N]``, mean over heads.
+
+    ``P = softmax(Q K'^T / sqrt(d))`` summed over garment k's tokens.  With ``self_k`` (joint
+    form) the softmax also runs over the image's own tokens, so the maps sum to at most 1.
+    ``bias`` is added to the garment logits (``[T, S]`` or ``[B, T, S]``).
+    """
+    b = q.shape[0]
+    qh = _heads_view(q, heads)
+    scale = 1.0 / math.sqrt(qh.shape[-1])
+    gk = gk.expand(b, -1, -1) if gk.shape[0] != b else gk
+    logits = (qh @ _heads_view(gk, heads).transpose(-1, -2)) * scale
+    if bias is not None:
+        logits = logits + _mask_4d(bias).to(logits.dtype)
+    if self_k is not None:
+        own = (qh @ _heads_view(self_k, heads).transpose(-1, -2)) * scale
+        probs = torch.cat([own, logits], dim=-1).float().softmax(dim=-1)[..., own.shape[-1]:]
+    else:
+        probs = logits.float().softmax(dim=-1)
+    probs = probs.mean(dim=1)  # heads
+    n = len(lengths)
+    idx = _token_index(lengths, q.device)
+    maps = torch.zeros(b, probs.shape[1], n, dtype=probs.dtype, device=q.device)
+    return maps.index_add_(2, idx, probs)
+
+
+def dressing_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gk: torch.Tensor,
+    gv: torch.Tensor,
+    heads: int,
+    lengths: Sequence[int],
+    *,
+    strength: float = 1.0,
+    form: str = DAForm.SEPARATE,
+    weights: Union[Sequence[float], torch.Tensor, None] = None,
+    regions: Optional[torch.Tensor] = None,
+    return_maps: bool = False,
+    attention: AttentionFn = sdpa_attention,
+    self_attention: Optional[AttentionFn] = None,
+):
+    """Dressing-Attention for one layer.
+
+    Args:
+        q, k, v: the image's projected tokens, ``[B, T, C]``.
+        gk, gv: garment keys/values K', V' of all garments concatenated on the token axis,
+            ``[Bg, S, C]`` with ``Bg`` 1 (shared by the batch, no copy) or B.
+        heads: number of heads; ``C`` must be divisible by it.
+        lengths: tokens per garment, ``sum(lengths) == S`` (N = ``len(lengths)``).
+        strength: lambda (0.7 at inference [paper]).
+        form: :class:`DAForm`.
+        weights: per-garment weights ``w_k >= 0`` (default 1).
+        regions: optional ``[Br, T, N]`` 0/1 masks, ``Br`` in (1, B).
+        return_maps: also return ``A_k`` as ``[B, T, N]`` (float32).
+        attention: attention function for the garment/joint attention.
+        self_attention: attention function for the plain self-attention term of the separate
+            form (default ``attention``); lets a host chain another pack's replacement here.
+
+    Returns:
+        ``out [B, T, C]`` or ``(out, maps)``.
+    """
+    if form not in DAForm.ALL:
+        raise ValueError(f"unknown Dressing-Attention form {form!r}; use one of {DAForm.ALL}")
+    if q.shape[-1] % heads:
+        raise ValueError(f"channels {q.shape[-1]} are not divisible by {heads} heads")
+    if gk.shape != gv.shape or gk.shape[-1] != k.shape[-1]:
+        raise ValueError(f"garment K'/V' shapes {tuple(gk.shape)}/{tuple(gv.shape)} do not fit keys {tuple(k.shape)}")
+    if sum(lengths) != gk.shape[1]:
+        raise ValueError(f"garment lengths {list(lengths)} sum to {sum(lengths)}, but K' has {gk.shape[1]} tokens")
+    n = len(lengths)
+    w = _as_weights(weights, n, q)
+    bias = region_bias(regions, lengths, q.dtype) if regions is not None else None
+    b = q.shape[0]
+
+    if form == DAForm.SEPARATE:
+        own = (self_attention or attention)(q, k, v, heads)
+        token_w = w[_token_index(lengths, q.device)].view(1, -1, 1)
+        gv_w = gv if bool((w == 1).all()) else gv * token_w
+        garment = attention(q, gk, gv_w, heads, mask=bias)
+        out = own + strength * garment
+        if return_maps:
+            return out, garment_maps(q, gk, heads, lengths, bias)
+        return out
+
+    # joint: one softmax over [own tokens, garment tokens], garment logits biased by log(lambda * w)
+    log_w = torch.log((strength * w).clamp_min(0))[_token_index(lengths, q.device)]
+    garment_bias = log_w.view(1, -1).expand(q.shape[1], -1)
+    if bias is not None:
+        garment_bias = garment_bias + bias
+    need_bias = bias is not None or bool((strength * w != 1).any())
+    full_bias = None
+    if need_bias:
+        own_zero = torch.zeros(*garment_bias.shape[:-1], k.shape[1], dtype=q.dtype, device=q.device)
+        if garment_bias.ndim == 3 and own_zero.ndim == 2:
+            own_zero = own_zero.expand(garment_bias.shape[0], -1, -1)
+        full_bias = torch.cat([own_zero, garment_bias.to(q.dtype)], dim=-1)
+    gk_b = gk.expand(b, -1, -1) if gk.shape[0] != b else gk
+    gv_b = gv.expand(b, -1, -1) if gv.shape[0] != b else gv
+    out = attention(q, torch.cat([k, gk_b], dim=1), torch.cat([v, gv_b], dim=1), heads, mask=full_bias)
+    if return_maps:
+        return out, garment_maps(q, gk, heads, lengths, garment_bias if need_bias else None, self_k=k)
+    return out
+
+
+def select_rows(rows: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], plain: Callable[[torch.Tensor], torch.Tensor],
+                batch: int) -> torch.Tensor:
+    """Run ``fn`` on the rows where ``rows`` is True and ``plain`` on the others; keep order.
+
+    ``fn`` and ``plain`` take a LongTensor of row indices and return ``[len(idx), T, C]``.
+    Used for CFG: the paper drops garments in the unconditional branch.
+    """
+    idx_on = torch.nonzero(rows, as_tuple=False).flatten()
+    idx_off = torch.nonzero(~rows, as_tuple=False).flatten()
+    if idx_off.numel() == 0:
+        return fn(idx_on)
+    if idx_on.numel() == 0:
+        return plain(idx_off)
+    on = fn(idx_on)
+    off = plain(idx_off)
+    out = on.new_empty((batch,) + tuple(on.shape[1:]))
+    out[idx_on] = on
+    out[idx_off] = off
+    return out
+
+
+def tokens_hw(latent_hw: Sequence[int], tokens: int) -> tuple[int, int]:
+    """Height and width of a layer with ``tokens`` tokens for a latent of ``latent_hw``.
+
+    UNets downsample by 2 with ceil rounding; find the factor that gives ``tokens``.
+    """
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    for _ in range(8):
+        if h * w == tokens:
+            return h, w
+        h, w = (h + 1) // 2, (w + 1) // 2
+    raise ValueError(f"cannot map {tokens} tokens onto a latent of {latent_hw}")
+
+
+def masks_to_tokens(masks: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """Resize image-space masks ``[N, H, W]`` (or ``[B, N, H, W]``) to tokens ``[1 or B, h*w, N]``."""
+    squeeze = masks.ndim == 3
+    m = masks.unsqueeze(0) if squeeze else masks
+    m = F.interpolate(m.float(), size=tuple(int(x) for x in hw), mode="area")
+    m = m.flatten(2).transpose(1, 2)
+    return m
