@@ -1,0 +1,40 @@
+"""Session fixtures: tiny random model files (nodes/tiny_models.py) built once per machine and registered
+with the in-process host's model folders.
+
+Enable with ``pytest_plugins = ["model_fixtures"]`` in tests/conftest.py. The cache folder is
+``$ANYDRESSING_TINY_MODELS`` or ``~/.cache/anydressing/tiny-models``; files are keyed by the builder version,
+so a changed builder rebuilds (about 5 s, ~380 MB on disk).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_CACHE = Path(os.environ.get("ANYDRESSING_TINY_MODELS", Path.home() / ".cache/anydressing/tiny-models"))
+
+# model kind -> ComfyUI model folder key that the matching loader node lists.
+FOLDER_KEYS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "lora": "loras"}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(host) -> dict:
+    """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny random models (noise weights)."""
+    tiny = host.module("nodes.tiny_models")
+    return tiny.ensure_tiny_models(TINY_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_names(host, tiny_models) -> dict:
+    """Registers the tiny models' folder with the host (checkpoints, controlnet, loras) and returns
+    ``{"checkpoint": name, "controlnet": name, "lora": name}``: the values loader nodes take."""
+    fp = host.folder_paths
+    for key in FOLDER_KEYS.values():
+        fp.add_model_folder_path(key, str(tiny_models["folder"]))
+    names = {kind: tiny_models[kind].name for kind in FOLDER_KEYS}
+    for kind, key in FOLDER_KEYS.items():
+        listed = fp.get_filename_list(key)
+        assert names[kind] in listed, f"{names[kind]} not listed in ComfyUI's {key!r} folder: {listed}"
+    return names
