@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["model_fixtures"]
+
 
 def find_host() -> Path | None:
     candidates = []

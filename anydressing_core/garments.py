@@ -1,0 +1,221 @@
+"""Garment preprocessing with numpy/opencv: modes, masks, crop, pad, resize.
+
+Input images are float arrays in [0, 1] shaped ``[H, W, C]`` with C = 1 (grey), 3 (RGB) or
+4 (RGBA; alpha becomes the mask when no mask is given).  The result of :func:`prepare_garment`
+is the garment centred on a plain background at the UNet's size, plus its mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .errors import AnyDressingError
+
+#: Garment kinds.  The first three are the paper's slots (0 upper, 1 lower, 2 hat) [paper];
+#: the rest are additions that trained checkpoints may carry LoRA sets for [choice].
+SLOTS: Tuple[str, ...] = ("upper", "lower", "hat", "dress", "shoes", "bag", "other")
+
+#: Smallest garment side we accept: below this there is no texture to transfer.
+MIN_SIDE = 16
+#: Larger inputs are downscaled before any other work so a 20k-pixel photo cannot exhaust memory.
+MAX_SIDE = 4096
+#: Garments per generation.  Each adds N*L tokens to every self-attention layer (cost and memory
+#: grow linearly); the paper shows up to 3-4; beyond 8 garments the per-garment attention mass
+#: becomes too small to be useful.
+MAX_GARMENTS = 8
+#: Plain background the garment is placed on [choice: white, like in-shop photos].
+BACKGROUND = 1.0
+
+
+@dataclass
+class Garment:
+    """One garment: ``image [H, W, 3]`` float32 in [0, 1], ``mask [H, W]`` float32 or None."""
+
+    image: np.ndarray
+    slot: str = "upper"
+    weight: float = 1.0
+    mask: Optional[np.ndarray] = None
+    name: str = ""
+
+    def __post_init__(self):
+        if self.slot not in SLOTS:
+            raise AnyDressingError(f"unknown garment slot {self.slot!r}; use one of {', '.join(SLOTS)}")
+        if not (0.0 <= float(self.weight) <= 4.0):
+            raise AnyDressingError(f"garment weight {self.weight} is out of range; use 0..4")
+
+
+@dataclass
+class GarmentList:
+    """The ``GARMENTS`` wire: an ordered list of garments (chained nodes append)."""
+
+    items: List[Garment] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def appended(self, garments: Sequence[Garment]) -> "GarmentList":
+        out = GarmentList(list(self.items) + list(garments))
+        if len(out) > MAX_GARMENTS:
+            raise AnyDressingError(
+                f"{len(out)} garments chained; at most {MAX_GARMENTS} are supported (each one adds tokens to every "
+                "self-attention layer). Remove some AnyDressingGarment nodes from the chain."
+            )
+        return out
+
+
+def to_rgb_alpha(image: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Normalise an image to ``(rgb [H, W, 3], alpha [H, W] or None)``, float32 in [0, 1]."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise AnyDressingError(f"garment image has shape {img.shape}; expected [height, width, channels]")
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    img = img.astype(np.float32, copy=False)
+    if not np.isfinite(img).all():
+        raise AnyDressingError("garment image contains NaN or infinite values; re-load the image")
+    img = np.clip(img, 0.0, 1.0)
+    h, w, c = img.shape
+    if min(h, w) < MIN_SIDE:
+        raise AnyDressingError(
+            f"garment image is {w}x{h} pixels; it needs at least {MIN_SIDE}x{MIN_SIDE} to carry any texture. "
+            "Connect a larger garment picture."
+        )
+    if c == 1:
+        return np.repeat(img, 3, axis=2), None
+    if c == 3:
+        return img, None
+    if c == 4:
+        return img[..., :3], img[..., 3]
+    raise AnyDressingError(f"garment image has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+
+
+def limit_size(rgb: np.ndarray, mask: Optional[np.ndarray], max_side: int = MAX_SIDE):
+    """Downscale so the longer side is at most ``max_side`` (area interpolation)."""
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return rgb, mask
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    if mask is not None:
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_AREA)
+    return rgb, mask
+
+
+def fit_mask(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+    """Bring a mask to the image size; only a pure rescale (same aspect within 2%) is accepted."""
+    m = np.asarray(mask, dtype=np.float32)
+    if m.ndim == 3:
+        m = m[..., 0] if m.shape[-1] in (1, 3, 4) else m[0]
+    if m.ndim != 2:
+        raise AnyDressingError(f"garment mask has shape {np.shape(mask)}; expected [height, width]")
+    if m.shape == tuple(hw):
+        return np.clip(m, 0.0, 1.0)
+    ar_mask, ar_img = m.shape[1] / m.shape[0], hw[1] / hw[0]
+    if abs(ar_mask / ar_img - 1.0) > 0.02:
+        raise AnyDressingError(
+            f"garment mask is {m.shape[1]}x{m.shape[0]} but the image is {hw[1]}x{hw[0]} (another aspect ratio). "
+            "Connect the mask made from this garment image."
+        )
+    return np.clip(cv2.resize(m, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def auto_mask(rgb: np.ndarray, threshold: float = 0.08) -> np.ndarray:
+    """Foreground of a garment photographed on a plain background.
+
+    The background colour is the median of the border pixels; pixels farther than ``threshold``
+    (RGB distance) are garment.  Holes are closed and specks removed.  If nothing stands out from
+    the border (a full-frame texture), the whole image is the garment.
+    """
+    h, w = rgb.shape[:2]
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    bg = np.median(border, axis=0)
+    dist = np.sqrt(((rgb - bg) ** 2).sum(axis=2))
+    fg = (dist > threshold).astype(np.uint8)
+    k = max(1, min(h, w) // 64)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if count > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = 1 + np.nonzero(areas >= max(16, 0.01 * areas.max()))[0]
+        fg = np.isin(labels, keep).astype(np.uint8)
+    frac = fg.mean()
+    if frac < 0.005 or frac > 0.98:
+        return np.ones((h, w), dtype=np.float32)
+    # fill interior holes (prints on the garment close to the background colour)
+    contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(fg)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(np.float32)
+
+
+def mask_bbox(mask: np.ndarray, margin: float = 0.04) -> Tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the mask's support, widened by ``margin`` of its size."""
+    ys, xs = np.nonzero(mask > 0.5)
+    h, w = mask.shape
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    my, mx = int(round((y1 - y0) * margin)), int(round((x1 - x0) * margin))
+    return max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+
+
+def pad_to_aspect(img: np.ndarray, aspect_wh: float, value: float) -> np.ndarray:
+    """Centre ``img`` on a canvas of aspect ``width/height`` filled with ``value``."""
+    h, w = img.shape[:2]
+    if w / h > aspect_wh:
+        nh, nw = int(round(w / aspect_wh)), w
+    else:
+        nh, nw = h, int(round(h * aspect_wh))
+    canvas = np.full((nh, nw) + img.shape[2:], value, dtype=img.dtype)
+    y, x = (nh - h) // 2, (nw - w) // 2
+    canvas[y:y + h, x:x + w] = img
+    return canvas
+
+
+def prepare_garment(
+    image: np.ndarray,
+    mask: Optional[np.ndarray] = None,
+    width: int = 384,
+    height: int = 512,
+    *,
+    multiple: int = 8,
+    margin: float = 0.04,
+    background: float = BACKGROUND,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Crop the garment, place it on a plain background, pad to ``width/height`` and resize.
+
+    Returns ``(rgb [height, width, 3], mask [height, width])`` float32 in [0, 1].
+    """
+    if width % multiple or height % multiple or width < multiple or height < multiple:
+        raise AnyDressingError(f"garment size {width}x{height} must be a positive multiple of {multiple}")
+    rgb, alpha = to_rgb_alpha(image)
+    if mask is not None:
+        m = fit_mask(mask, rgb.shape[:2])
+        if m.max() <= 0.5:
+            raise AnyDressingError(
+                "the garment mask is empty (no pixel above 0.5). Connect a mask that covers the garment, "
+                "or leave the mask unconnected to detect the garment automatically."
+            )
+    elif alpha is not None and alpha.min() < 0.99 and alpha.max() > 0.5:
+        m = alpha
+    else:
+        m = auto_mask(rgb)
+    rgb, m = limit_size(rgb, m)
+    y0, y1, x0, x1 = mask_bbox(m, margin)
+    rgb, m = rgb[y0:y1, x0:x1], m[y0:y1, x0:x1]
+    soft = m[..., None]
+    rgb = rgb * soft + background * (1.0 - soft)
+    aspect = width / height
+    rgb = pad_to_aspect(rgb, aspect, background)
+    m = pad_to_aspect(m, aspect, 0.0)
+    interp = cv2.INTER_AREA if rgb.shape[0] > height else cv2.INTER_CUBIC
+    rgb = np.clip(cv2.resize(rgb, (width, height), interpolation=interp), 0.0, 1.0)
+    m = np.clip(cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+    return rgb.astype(np.float32), m.astype(np.float32)

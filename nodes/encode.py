@@ -1,0 +1,153 @@
+"""AnyDressingEncodeGarments: one GarmentsNet pass at t=0 over all garments, recording attn1 inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from ..anydressing_core.errors import AnyDressingError
+from ..anydressing_core.features import GarmentFeatures
+from ..anydressing_core.garments import GarmentList, prepare_garment
+from .common import CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
+
+log = logging.getLogger(__name__)
+
+
+class FeatureRecorder:
+    """attn1 patch that keeps F, the normalised hidden state entering each self-attention layer."""
+
+    def __init__(self, keys, pbar=None):
+        self.keys = set(keys)
+        self.tokens = {}
+        self.pbar = pbar
+
+    def __call__(self, n, context_attn1, value_attn1, extra_options):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        block = extra_options.get("block")
+        key = (block[0], int(block[1]), int(extra_options.get("block_index", 0))) if block else None
+        if key in self.keys and key not in self.tokens:
+            self.tokens[key] = n.detach()
+            if self.pbar is not None:
+                self.pbar.update(1)
+        return n, context_attn1, value_attn1
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _skip_attn2(q, k, v, extra_options):
+    # GarmentsNet has no text cross-attention [paper]; the output patch below zeroes the branch,
+    # so skip computing the attention itself.
+    return q
+
+
+def _zero_attn2(n, extra_options):
+    return torch.zeros_like(n)
+
+
+def garments_net_options(model, recorder: FeatureRecorder, keys) -> dict:
+    """The model's transformer_options plus recording and attn2 removal, without touching the model."""
+    base = model.model_options.get("transformer_options", {})
+    to = dict(base)
+    patches = {k: list(v) for k, v in base.get("patches", {}).items()}
+    patches["attn1_patch"] = patches.get("attn1_patch", []) + [recorder]
+    patches["attn2_output_patch"] = patches.get("attn2_output_patch", []) + [_zero_attn2]
+    replace = {k: dict(v) for k, v in base.get("patches_replace", {}).items()}
+    replace["attn2"] = {key: _skip_attn2 for key in keys}
+    to["patches"], to["patches_replace"] = patches, replace
+    return to
+
+
+def check_vae(vae, model):
+    if not hasattr(vae, "encode") or not hasattr(vae, "first_stage_model"):
+        raise AnyDressingError(f"the vae input is not a ComfyUI VAE (got {type(vae).__name__}); connect a VAE output")
+    vae_ch = getattr(vae, "latent_channels", None)
+    model_ch = latent_channels(model)
+    if vae_ch is not None and int(vae_ch) != model_ch:
+        raise AnyDressingError(
+            f"the VAE makes {vae_ch}-channel latents but the model expects {model_ch} channels. Connect the VAE that "
+            "belongs to this checkpoint (SD1.5 models use a 4-channel VAE)."
+        )
+
+
+def encode_garments(model, vae, garments: GarmentList, width: int, height: int) -> GarmentFeatures:
+    if not isinstance(garments, GarmentList) or len(garments) == 0:
+        raise AnyDressingError("no garments: connect at least one AnyDressing Garment node to 'garments'")
+    if width % 64 or height % 64 or not (64 <= width <= 2048 and 64 <= height <= 2048):
+        raise AnyDressingError(f"garment size {width}x{height}: width and height must be multiples of 64 from 64 to 2048")
+    dm = diffusion_model_of(model, "model")
+    check_vae(vae, model)
+    modules = attn1_modules(dm)
+    if not modules:
+        raise AnyDressingError("this UNet has no self-attention layers to take garment features from")
+    keys = list(modules)
+    prepared = [prepare_garment(g.image, g.mask, width, height) for g in garments.items]
+    pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    latents = vae.encode(pixels)
+    comfy.model_management.load_models_gpu([model])
+    device, dtype = model.load_device, compute_dtype(model)
+    x = model.model.process_latent_in(latents).to(device=device, dtype=dtype)
+    n = x.shape[0]
+    ctx_dim = model.model.model_config.unet_config.get("context_dim") or 768
+    kwargs = {}
+    if getattr(dm, "num_classes", None) is not None:
+        kwargs["y"] = torch.zeros(n, dm.adm_in_channels, device=device, dtype=dtype)
+    recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
+    options = garments_net_options(model, recorder, keys)
+    with torch.inference_mode():
+        dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device, dtype=dtype),
+           transformer_options=options, **kwargs)
+    missing = [k for k in keys if k not in recorder.tokens]
+    if missing:
+        raise AnyDressingError(f"the garment pass did not reach layers {missing}; another pack may be skipping blocks")
+    store = comfy.model_management.intermediate_device()
+    tokens = {k: recorder.tokens[k].to(device=store, dtype=dtype).clone() for k in keys}
+    log.info("AnyDressing: encoded %d garments at %dx%d into %d layers (%.1f MiB)", n, width, height, len(keys),
+             sum(t.numel() * t.element_size() for t in tokens.values()) / 2**20)
+    return GarmentFeatures(
+        tokens=tokens,
+        slots=[g.slot for g in garments.items],
+        weights=[g.weight for g in garments.items],
+        names=[g.name for g in garments.items],
+    )
+
+
+class AnyDressingEncodeGarments:
+    DESCRIPTION = (
+        "Runs GarmentsNet once (t=0, no text) over all garments together and keeps each self-attention layer's input. "
+        "Zero-shot: connect the same MODEL you sample with. The result is reused at every sampling step, and ComfyUI "
+        "caches it while the garments do not change."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (GARMENT_FEATURES,)
+    RETURN_NAMES = ("features",)
+    OUTPUT_TOOLTIPS = ("Garment features for Apply AnyDressing.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "GarmentsNet. In zero-shot mode, the base SD1.5 MODEL itself (LoRAs allowed)."}),
+                "vae": ("VAE", {"tooltip": "The checkpoint's VAE, used to turn the garment pictures into latents."}),
+                "garments": (GARMENTS, {"tooltip": "The chain of AnyDressing Garment nodes."}),
+                "width": ("INT", {"default": 384, "min": 64, "max": 2048, "step": 64,
+                                  "tooltip": "Width each garment is encoded at. Larger keeps finer texture, costs more attention."}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
+                                   "tooltip": "Height each garment is encoded at (the paper uses 3:4 portraits)."}),
+            },
+        }
+
+    def encode(self, model, vae, garments, width, height):
+        return (encode_garments(model, vae, garments, width, height),)
+
+
+NODE_CLASS_MAPPINGS = {"AnyDressingEncodeGarments": AnyDressingEncodeGarments}
+NODE_DISPLAY_NAME_MAPPINGS = {"AnyDressingEncodeGarments": "Encode Garments (AnyDressing)"}

@@ -1,0 +1,60 @@
+"""Small graph-building helpers for in-process node tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def garment_image(color, size=(64, 48), pattern="plain", seed=0) -> torch.Tensor:
+    """A garment-like IMAGE ``[1, H, W, 3]``: a coloured shape on white, optionally striped."""
+    h, w = size
+    img = np.ones((h, w, 3), dtype=np.float32)
+    y0, y1, x0, x1 = h // 8, h - h // 8, w // 6, w - w // 6
+    img[y0:y1, x0:x1] = np.asarray(color, dtype=np.float32)
+    if pattern == "stripes":
+        img[y0:y1:4, x0:x1] = 0.1
+    elif pattern == "noise":
+        rng = np.random.default_rng(seed)
+        img[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0, 3), dtype=np.float32)
+    return torch.from_numpy(img)[None]
+
+
+class Graph:
+    """Runs the stock nodes around AnyDressing on the tiny checkpoint."""
+
+    def __init__(self, host, names):
+        self.host = host
+        self.names = names
+        self.model, self.clip, self.vae = host.run("CheckpointLoaderSimple", ckpt_name=names["checkpoint"])
+        self.pos = self.encode("a person wearing a shirt")
+        self.neg = self.encode("")
+
+    def encode(self, text):
+        return self.host.run("CLIPTextEncode", clip=self.clip, text=text)[0]
+
+    def garments(self, specs):
+        chain = None
+        for color, slot, *rest in specs:
+            pattern = rest[0] if rest else "plain"
+            kw = {} if chain is None else {"garments": chain}
+            chain = self.host.run("AnyDressingGarment", image=garment_image(color, pattern=pattern), slot=slot,
+                                  weight=1.0, **kw)[0]
+        return chain
+
+    def features(self, specs, model=None, size=64):
+        return self.host.run("AnyDressingEncodeGarments", model=model or self.model, vae=self.vae,
+                             garments=self.garments(specs), width=size, height=size)[0]
+
+    def apply(self, features, model=None, **kw):
+        args = dict(strength=0.7, start_percent=0.0, end_percent=1.0, form="auto",
+                    cfg_policy="garments in positive only (paper)")
+        args.update(kw)
+        return self.host.run("AnyDressingApply", model=model or self.model, features=features, **args)[0]
+
+    def sample(self, model, seed=0, steps=2, cfg=6.0, size=64, positive=None, negative=None):
+        latent = self.host.run("EmptyLatentImage", width=size, height=size, batch_size=1)[0]
+        out = self.host.run("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="ddim",
+                            scheduler="ddim_uniform", positive=positive or self.pos, negative=negative or self.neg,
+                            latent_image=latent, denoise=1.0)[0]
+        return out["samples"]
