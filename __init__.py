@@ -5,8 +5,16 @@ while ``comfy_api.latest`` is still marked unstable (HOST.md); a module defining
 ``comfy_entrypoint`` ignored anyway.  README.md says more.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+import importlib.util
+import logging
 
 WEB_DIRECTORY = "./web"
+
+if importlib.util.find_spec("comfy") is not None:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported outside ComfyUI (a test runner collecting this folder, or the CLIs): no nodes to register.
+    logging.getLogger(__name__).debug("ComfyUI not importable: AnyDressing nodes not registered")
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
