@@ -252,6 +252,7 @@ class DressingAttention(nn.Module):
                                        f"({len(projections.keys)} given, {len(self.keys)} needed)")
         self.projections = projections
         self.state: Optional[DressingState] = None
+        self._last_maps: Dict[BlockKey, torch.Tensor] = {}
         self._unet = [unet]  # not a submodule: DressingNet's weights are not ours
         self._previous = {k: m.processor for k, m in attn1.items()}
         for key, m in attn1.items():
@@ -260,7 +261,7 @@ class DressingAttention(nn.Module):
     @property
     def maps(self) -> Dict[BlockKey, torch.Tensor]:
         """``A_k`` per layer from the last call with ``record_maps=True``: ``{key: [B_on, T, N]}``."""
-        return self.state.maps if self.state is not None else {}
+        return self.state.maps if self.state is not None else self._last_maps
 
     def garment_kv(self, key, attn, feats: GarmentFeatures, dtype):
         """K', V' ``[1, N*L, C]`` of one layer (see module docstring for the order of sources)."""
@@ -308,7 +309,8 @@ class DressingAttention(nn.Module):
         try:
             yield self.state
         finally:
-            self.state = previous if previous is not None else DressingState(maps=self.state.maps)
+            self._last_maps = self.state.maps
+            self.state = previous
 
     def remove(self):
         """Restore the processors that were installed before."""

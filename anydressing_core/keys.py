@@ -29,7 +29,7 @@ from .features import BlockKey, key_from_str, key_to_str
 
 __all__ = [
     "BlockKey", "key_to_str", "key_from_str", "diffusers_layer_keys", "processor_order",
-    "module_to_key", "ldm_unet_config", "base_shape", "sort_keys",
+    "module_to_key", "ldm_unet_config", "base_shape", "sort_keys", "layer_channels",
 ]
 
 _CROSS_DOWN = ("CrossAttnDownBlock2D",)

@@ -1,0 +1,159 @@
+"""``AnyDressingPipeline``: text + N garments -> image with diffusers SD1.5 components.
+
+    pipe = AnyDressingPipeline(unet, vae, text_encoder, tokenizer, DDIMScheduler(...),
+                               adapter=load_checkpoint("my.safetensors"))   # or adapter=None: zero-shot
+    image = pipe("a woman in a striped shirt", garments=[shirt, jeans], slots=["upper", "lower"],
+                 num_inference_steps=30, guidance_scale=6.0, strength=0.7)  # [paper] inference settings
+
+Garments are ``[3, H, W]`` float tensors in [0, 1] (or one ``[N, 3, H, W]`` tensor).  GarmentsNet
+runs once at t=0 [paper]; K'/V' are projected once per call (adapter projections or, zero-shot,
+the UNet's own to_k/to_v); classifier-free guidance drops text AND garments in the unconditional
+branch [paper].  The attention math is :mod:`.attention` (the same code as the ComfyUI nodes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .attention import DAForm
+from .checkpoint import AnyDressingAdapter, load_checkpoint
+from .diffusers_model import GarmentsNet, attn1_modules, install_dressing_attention
+from .errors import AnyDressingError
+
+log = logging.getLogger(__name__)
+
+
+def unet_channels(unet) -> dict:
+    """``{key: C}`` attn1 widths of a diffusers UNet."""
+    return {k: m.to_q.in_features for k, m in attn1_modules(unet).items()}
+
+
+class AnyDressingPipeline:
+    """SD1.5 text-to-image with AnyDressing (DressingNet = ``unet``, frozen; GarmentsNet built here).
+
+    Args:
+        unet, vae, text_encoder, tokenizer, scheduler: diffusers / transformers SD1.5 components.
+        adapter: :class:`~.checkpoint.AnyDressingAdapter` or None (zero-shot: GarmentsNet is a copy
+            of ``unet``, K'/V' from ``unet``'s own projections, joint form [choice, as the nodes]).
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, adapter: Optional[AnyDressingAdapter] = None):
+        self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler = unet, vae, text_encoder, tokenizer, scheduler
+        self.adapter = adapter
+        if adapter is not None:
+            adapter.check_layers(unet_channels(unet), "this UNet")
+        gunet = copy.deepcopy(unet)  # before DA is installed on unet
+        context = "none"
+        if adapter is not None:
+            context = adapter.meta.garments_net_context
+            if adapter.garments_net is not None:
+                missing, unexpected = gunet.load_state_dict(adapter.garments_net, strict=False)
+                if missing or unexpected:
+                    raise AnyDressingError(
+                        f"GarmentsNet weights of {adapter.name or 'the adapter'} do not fit this UNet: "
+                        f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if context == "image_tokens":
+            log.warning("AnyDressing: GarmentsNet context 'image_tokens' (IMAGDressing resampler) is not implemented; "
+                        "running its cross-attention on the empty prompt instead (docs/FORMAT.md)")
+        gunet.requires_grad_(False)
+        self.garments_net = GarmentsNet(gunet, context=context, gfe=adapter.gfe if adapter else None)
+        form = adapter.form if adapter is not None else DAForm.JOINT
+        self.dressing = install_dressing_attention(unet, adapter.projections if adapter else None, trainable=False,
+                                                   form=form)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, unet, vae, text_encoder, tokenizer, scheduler) -> "AnyDressingPipeline":
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, load_checkpoint(path))
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.unet.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: Union[str, List[str]]) -> torch.Tensor:
+        """Text -> ``[B, 77, D]`` CLIP hidden states."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` in [0, 1] -> scaled latents ``[N, 4, H/8, W/8]`` (distribution mean)."""
+        x = (images.to(self.device, self.vae.dtype) * 2 - 1)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_garments(self, garments, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
+                        size: Sequence[int] = (512, 384)):
+        """Garment pictures -> projected :class:`~.features.GarmentFeatures` (once per call)."""
+        if isinstance(garments, torch.Tensor) and garments.ndim == 4:
+            images = garments
+        else:
+            images = torch.stack([F.interpolate(g.unsqueeze(0).float(), size=tuple(size), mode="bilinear",
+                                                align_corners=False)[0] for g in garments])
+        if images.shape[-2:] != tuple(size):
+            images = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=False)
+        latents = self.encode_images(images).to(self.dtype)
+        ctx = None
+        if self.garments_net.context != "none":
+            ctx = self.encode_prompt("")
+        feats = self.garments_net.encode(latents, list(slots), weights, encoder_hidden_states=ctx)
+        if self.adapter is not None:
+            return self.adapter.project(feats, dtype=self.dtype)
+        feats = self.dressing.precompute(feats)
+        feats.form = DAForm.JOINT
+        return feats
+
+    @torch.no_grad()
+    def __call__(self, prompt: Union[str, List[str], None] = None, garments=None, slots: Sequence[str] = ("upper",),
+                 weights: Optional[Sequence[float]] = None, negative_prompt: str = "", num_inference_steps: int = 30,
+                 guidance_scale: float = 6.0, strength: Optional[float] = None, height: int = 768, width: int = 576,
+                 garment_size: Sequence[int] = (512, 384), generator: Optional[torch.Generator] = None,
+                 prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
+                 form: Optional[str] = None, region_masks: Optional[torch.Tensor] = None,
+                 latents: Optional[torch.Tensor] = None, output_type: str = "pt"):
+        """Returns images ``[B, 3, height, width]`` in [0, 1] (``output_type="latent"``: latents)."""
+        if height % 8 or width % 8:
+            raise AnyDressingError(f"height {height} and width {width} must be multiples of 8")
+        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
+        b = cond.shape[0]
+        feats = None
+        if garments is not None and len(garments) > 0:
+            feats = self.encode_garments(garments, slots, weights, garment_size)
+        lam = strength if strength is not None else (self.adapter.default_strength if self.adapter else 0.7)
+        cfg = guidance_scale > 1.0
+        if cfg:
+            uncond = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_prompt(negative_prompt)
+            ctx = torch.cat([uncond.expand(b, -1, -1), cond])
+            rows = torch.tensor([False] * b + [True] * b)  # [paper] garments dropped with the text
+        else:
+            ctx, rows = cond, None
+        shape = (b, self.unet.config.in_channels, height // 8, width // 8)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        latents = latents * self.scheduler.init_noise_sigma
+        with self.dressing.use(feats, strength=lam, form=form, region_masks=region_masks,
+                               latent_hw=shape[2:], garment_rows=rows):
+            for t in self.scheduler.timesteps:
+                x = torch.cat([latents] * 2) if cfg else latents
+                x = self.scheduler.scale_model_input(x, t)
+                eps = self.unet(x, t, encoder_hidden_states=ctx).sample
+                if cfg:
+                    e_u, e_c = eps.chunk(2)
+                    eps = e_u + guidance_scale * (e_c - e_u)
+                latents = self.scheduler.step(eps, t, latents).prev_sample
+        if output_type == "latent":
+            return latents
+        image = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((image.float() + 1) / 2).clamp(0, 1)
