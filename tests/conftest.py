@@ -105,3 +105,22 @@ def host() -> Host:
     if _HOST_SINGLETON is None:
         _HOST_SINGLETON = Host(HOST)
     return _HOST_SINGLETON
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly whether the host tier (tests/nodes, tests/e2e) ran, and record it for .ci/run."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for outcome in counts:
+        for rep in terminalreporter.stats.get(outcome, []):
+            parts = Path(str(getattr(rep, "fspath", "") or rep.nodeid.split("::")[0])).parts
+            if "nodes" in parts or "e2e" in parts:
+                counts[outcome] += 1
+    ran = HOST is not None and counts["passed"] + counts["failed"] > 0
+    status = "RAN" if ran else "SKIPPED"
+    line = (f"ANYDRESSING HOST TIER: {status} - {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped (host: {HOST or 'not found'})")
+    terminalreporter.write_sep("=", line, red=not ran, green=ran, bold=True)
+    try:
+        (REPO / ".pytest-host-tier").write_text(f"{line}\n{HOST}\n")
+    except OSError:
+        pass
