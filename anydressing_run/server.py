@@ -1,0 +1,242 @@
+"""Find a ComfyUI install and run it headless as a subprocess, with this pack loaded.
+
+Imports no ComfyUI module: the server is a separate process (``python main.py --listen 127.0.0.1 --port N``),
+so this works from any Python that has the standard library. The pack is added to a server that does not
+already have it through ``--extra-model-paths-config`` (its ``custom_nodes`` key points at a temporary folder
+holding a symlink to the pack) [choice: never writes into the user's ComfyUI folder].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+PACK_LINK_NAME = "ComfyUI-AnyDressing"
+
+
+def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
+    """The ComfyUI folder: ``explicit``, else ``$COMFYUI_PATH``, else ``~/ComfyUI``, else the ComfyUI that holds
+    this pack in ``custom_nodes/``. Raises RunnerError naming every place it looked."""
+    candidates = []
+    if explicit:
+        candidates.append(Path(explicit).expanduser())
+    elif os.environ.get("COMFYUI_PATH"):
+        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
+    else:
+        candidates.append(Path.home() / "ComfyUI")
+        if PACK_DIR.parent.name == "custom_nodes":
+            candidates.append(PACK_DIR.parent.parent)
+    for c in candidates:
+        if (c / "main.py").is_file() and (c / "comfy").is_dir():
+            return c.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise RunnerError(f"no ComfyUI found (looked in: {looked}); expected a folder with main.py and comfy/. "
+                      "Pass --comfyui PATH or set COMFYUI_PATH.")
+
+
+def pack_installed_in(comfyui: Path) -> bool:
+    """True when ``comfyui/custom_nodes`` already holds this pack (as a folder or a symlink to it)."""
+    folder = comfyui / "custom_nodes"
+    if not folder.is_dir():
+        return False
+    for entry in folder.iterdir():
+        try:
+            if entry.resolve() == PACK_DIR:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise RunnerError when something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise RunnerError(f"port {port} on {host} is taken ({exc.strerror}); pass another --port, or "
+                              f"--server http://{host}:{port} if a ComfyUI already runs there") from None
+
+
+def has_gpu() -> bool:
+    """A cheap guess without importing torch: NVIDIA or ROCm device nodes present."""
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def _yaml_block(name: str, folders: dict) -> str:
+    """A minimal extra_model_paths YAML block (no PyYAML needed): ``{key: [absolute paths]}``."""
+    lines = [f"{name}:"]
+    for key, paths in folders.items():
+        paths = [str(p) for p in paths]
+        if len(paths) == 1:
+            lines.append(f"    {key}: {_quote(paths[0])}")
+        else:
+            lines.append(f"    {key}: |")
+            lines.extend(f"        {p}" for p in paths)
+    return "\n".join(lines) + "\n"
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+class ComfyServer:
+    """A headless ComfyUI subprocess. Use as a context manager; ``url`` is ready on entry.
+
+    ``model_folders``: extra ``{folder_key: [paths]}`` (e.g. ``{"checkpoints": [dir]}``).
+    ``base_directory``: isolate everything (models, custom_nodes, input, output, user) in that folder.
+    The server's own log goes to ``<work>/comfyui.log``; its tail is in every start-up error.
+    """
+
+    def __init__(self, comfyui=None, *, port: int | None = None, host: str = "127.0.0.1", cpu: bool | None = None,
+                 model_folders: dict | None = None, base_directory=None, output_directory=None,
+                 input_directory=None, python: str | None = None, extra_args=(), load_pack: bool = True,
+                 startup_timeout: float = 120.0):
+        self.comfyui = find_comfyui(comfyui)
+        self.host = host
+        self.port = port
+        self.cpu = (not has_gpu()) if cpu is None else cpu
+        self.model_folders = dict(model_folders or {})
+        self.base_directory = Path(base_directory) if base_directory else None
+        self.output_directory = output_directory
+        self.input_directory = input_directory
+        self.python = python or sys.executable
+        self.extra_args = list(extra_args)
+        self.load_pack = load_pack
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.work: Path | None = None
+        self._own_work = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / "comfyui.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    def command(self) -> list:
+        cmd = [self.python, "main.py", "--listen", self.host, "--port", str(self.port),
+               "--disable-auto-launch", "--preview-method", "none"]
+        if self.cpu:
+            cmd.append("--cpu")
+        if self.base_directory:
+            cmd += ["--base-directory", str(self.base_directory)]
+        if self.output_directory:
+            cmd += ["--output-directory", str(self.output_directory)]
+        if self.input_directory:
+            cmd += ["--input-directory", str(self.input_directory)]
+        folders = dict(self.model_folders)
+        if self.load_pack and not self._pack_present():
+            nodes_dir = self.work / "custom_nodes"
+            nodes_dir.mkdir(exist_ok=True)
+            link = nodes_dir / PACK_LINK_NAME
+            if not link.exists():
+                link.symlink_to(PACK_DIR, target_is_directory=True)
+            folders.setdefault("custom_nodes", []).append(nodes_dir)
+        if folders:
+            yaml_path = self.work / "extra_model_paths.yaml"
+            yaml_path.write_text(_yaml_block("anydressing_runner", folders))
+            cmd += ["--extra-model-paths-config", str(yaml_path)]
+        return cmd + self.extra_args
+
+    def _pack_present(self) -> bool:
+        if self.base_directory:
+            return pack_installed_in(self.base_directory)
+        return pack_installed_in(self.comfyui)
+
+    def start(self) -> "ComfyServer":
+        if self.port is None:
+            self.port = free_port(self.host)
+        else:
+            check_port_free(self.host, self.port)
+        if self.base_directory:
+            for sub in ("custom_nodes", "models", "input", "output", "user", "temp"):
+                (self.base_directory / sub).mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="anydressing-server-"))
+        self._own_work = True
+        cmd = self.command()
+        log.info("starting ComfyUI: %s (cwd %s)", " ".join(cmd), self.comfyui)
+        logfile = open(self.log_path, "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=logfile, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        logfile.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                raise RunnerError(f"ComfyUI exited with code {code} while starting. Server log tail:\n"
+                                  f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
+                    if r.status == 200:
+                        log.info("ComfyUI ready at %s", self.url)
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.25)
+        raise RunnerError(f"ComfyUI did not answer at {self.url} within {self.startup_timeout:.0f} s. "
+                          f"Server log tail:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the temporary work folder (the server log goes with it)."""
+        self.stop()
+        if self._own_work and self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
