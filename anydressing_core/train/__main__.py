@@ -1,0 +1,80 @@
+"""Command line: ``python -m anydressing_core.train`` (one process) or, for 1..N processes / nodes,
+``accelerate launch -m anydressing_core.train ...`` / ``torchrun --nproc_per_node N -m anydressing_core.train ...``.
+
+    train  [--config FILE] [--resume latest|auto|DIR] [section.key=value ...]
+    export --config FILE --checkpoint DIR --out FILE.safetensors [section.key=value ...]
+
+See docs/TRAINING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from ..errors import AnyDressingError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m anydressing_core.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML or JSON config (configs/*.yaml)")
+    p.add_argument("--resume", help="'latest' (error if none), 'auto' (latest if any) or a checkpoint folder")
+    p.add_argument("--checkpoint", help="export: the checkpoint folder (step_XXXXXXXX) to export")
+    p.add_argument("--out", help="export: output .safetensors path")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.max_steps=10 loss.cfg_drop=0.1")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in ("train", "export") else "train"
+    args = _parser().parse_args(argv)
+    args.command = command
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .config import load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "export":
+            return _export(cfg, args)
+        from .engine import Trainer
+
+        result = Trainer(cfg, resume=args.resume).run()
+    except AnyDressingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(result))
+    return 0
+
+
+def _export(cfg, args) -> int:
+    import torch
+
+    from . import state as ckpt
+    from .components import load_components
+    from .export import export_model
+    from .model import DressingTrainModel
+
+    if not args.checkpoint or not args.out:
+        raise AnyDressingError("export needs --checkpoint DIR and --out FILE.safetensors")
+    data = ckpt.load(args.checkpoint, 0)
+    m = cfg.model
+    torch.manual_seed(cfg.run.seed)
+    model = DressingTrainModel(load_components(m.base).unet, m.slots, m.lora_rank, m.lora_alpha, m.form,
+                               m.train_strength, m.garments_net_trainable)
+    model.load_state_dict(data["model"], strict=False)
+    path = export_model(model, args.out, cfg, data["state"]["step"])
+    print(json.dumps({"exported": str(path), "step": data["state"]["step"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

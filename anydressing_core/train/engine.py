@@ -1,0 +1,266 @@
+"""The training loop on HF accelerate (DDP over torch.distributed; 1..N processes, 1..N nodes).
+
+One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` per process.  Randomness of a
+step (timesteps, noise, latent sampling, CFG dropout) comes from one generator per process whose
+state is checkpointed, and the data order from :class:`~..data.ResumableSampler`, so ``--resume``
+continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import losses as L
+from ..data import DressingDataset, ResumableSampler, collate, read_dresscode, read_manifest, read_vitonhd
+from ..errors import AnyDressingError
+from . import state as ckpt
+from .components import Components, load_components
+from .config import TrainConfig
+from .model import DressingTrainModel
+
+log = logging.getLogger(__name__)
+
+
+def build_records(cfg: TrainConfig):
+    d = cfg.dataset
+    if d.kind == "manifest":
+        return read_manifest(d.path)
+    if d.kind == "dresscode":
+        return read_dresscode(d.path, d.split, d.categories, d.captions)
+    return read_vitonhd(d.path, d.split, d.captions)
+
+
+class Trainer:
+    """Build once, then :meth:`run`.  ``components`` may be given (tests); else loaded from ``model.base``."""
+
+    def __init__(self, cfg: TrainConfig, components: Optional[Components] = None, resume: Optional[str] = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+        self.cfg = cfg
+        run = cfg.run
+        self.out = Path(run.output_dir)
+        self.acc = Accelerator(
+            gradient_accumulation_steps=run.grad_accum, mixed_precision=run.mixed_precision,
+            log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            # GFE LoRA sets of slots absent from a batch get no gradient
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        acc = self.acc
+        torch.manual_seed(run.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
+        self.comp = components or load_components(cfg.model.base)
+        m = cfg.model
+        model = DressingTrainModel(self.comp.unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength,
+                                   m.garments_net_trainable)
+        if m.gradient_checkpointing:
+            model.garments.unet.enable_gradient_checkpointing()
+            model.dressing_net.enable_gradient_checkpointing()
+        wdtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.mixed_precision, torch.float32)
+        model.to_device(acc.device, wdtype)  # frozen DressingNet in the compute dtype
+        self.comp.vae.to(acc.device, dtype=wdtype)
+        self.comp.text_encoder.to(acc.device, dtype=wdtype)
+        self.wdtype = wdtype
+        self.dists = None
+        if cfg.loss.texture_weight > 0:
+            self.dists = (L.DISTS(random_weights=True) if cfg.loss.dists_random_weights
+                          else L.load_dists(cfg.loss.vgg16_path, cfg.loss.dists_alpha_beta or None)).to(acc.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        o = cfg.optim
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        warm = max(0, o.warmup_steps)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)  # [paper] fixed lr after warmup
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.raw = acc.unwrap_model(self.model)
+        self.n_params = sum(p.numel() for p in params)
+
+        self.dataset = DressingDataset(build_records(cfg), cfg.data, seed=run.seed)
+        self.sampler = ResumableSampler(len(self.dataset), run.batch_size, acc.num_processes, acc.process_index,
+                                        seed=run.seed)
+        self.loader = DataLoader(self.dataset, batch_size=run.batch_size, sampler=self.sampler, collate_fn=collate,
+                                 num_workers=run.num_workers, drop_last=True,
+                                 persistent_workers=False)
+        self.gen = torch.Generator().manual_seed(run.seed * 1000 + acc.process_index)
+        self.step, self.epoch, self.batches_done = 0, 0, 0
+        self.empty_text = None
+        if resume:
+            self._resume(resume)
+        if acc.is_main_process:
+            acc.init_trackers("anydressing", config=_flat(cfg.to_dict()))
+        log.info("trainable parameters: %.2fM on %d process(es)", self.n_params / 1e6, acc.num_processes)
+
+    # ---- one step -------------------------------------------------------------------------
+    def _latents(self, images: torch.Tensor, sample: bool) -> torch.Tensor:
+        vae = self.comp.vae
+        with torch.no_grad():
+            dist = vae.encode(images.to(self.acc.device, self.wdtype)).latent_dist
+            z = dist.sample(generator=self.gen) if sample else dist.mode()
+        return z * vae.config.scaling_factor
+
+    def losses(self, batch: Dict) -> Dict[str, torch.Tensor]:
+        cfg, dev, gen = self.cfg, self.acc.device, self.gen
+        person = batch["person"].to(dev)
+        b, n = batch["present"].shape
+        present = batch["present"].to(dev)
+        keep = L.cfg_keep(b, cfg.loss.cfg_drop, gen, dev)
+        captions = [c if k else "" for c, k in zip(batch["captions"], keep.tolist())]  # text dropped with garments
+        text = self.comp.encode_text(captions, dev)
+        z0 = self._latents(person, sample=True)
+        g = batch["garments"].flatten(0, 1)
+        gz = self._latents(g, sample=False)  # garments: clean latents at t=0 [paper]
+        sched = self.comp.scheduler
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
+        eps = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(dev, z0.dtype)
+        zt = sched.add_noise(z0, eps, t)
+        eps_pred = self.model(zt, t, text, gz, batch["slots"].flatten().to(dev), present, keep)
+        out = {"ldm": L.ldm_loss(eps_pred, eps)}
+        total = out["ldm"]
+        maps = self.raw.ctx.maps
+        if cfg.loss.loc_weight > 0 and maps and bool(keep.any()):
+            out["loc"] = L.localization_loss(maps, batch["masks"].to(dev), present, z0.shape[-2:], rows=keep)
+            total = total + cfg.loss.loc_weight * out["loc"]
+        if self.dists is not None:
+            sel = keep & (t <= cfg.loss.gtl_max_t)
+            if bool(sel.any()):
+                ab = sched.alphas_cumprod.to(dev)[t[sel]]
+                x0 = L.predict_x0(zt[sel].float(), eps_pred[sel].float(), ab)
+                img = self.comp.vae.decode((x0 / self.comp.vae.config.scaling_factor).to(self.wdtype)).sample.float()
+                masks, pres = batch["masks"].to(dev)[sel], present[sel]
+                out["dists"] = L.dists_loss(self.dists, img, person[sel], masks, pres).mean()
+                out["edge"] = L.edge_loss(img, person[sel], masks, batch["edges"].to(dev)[sel], pres).mean()
+                # averaged over the batch rows that qualify [choice]; 0 on steps with none
+                total = total + cfg.loss.texture_weight * (out["dists"] + out["edge"]) * sel.float().mean()
+        out["total"] = total
+        return out
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _rng_state(self):
+        return {"gen": self.gen.get_state(), "torch": torch.get_rng_state()}
+
+    def save(self) -> Optional[Path]:
+        acc = self.acc
+        acc.wait_for_everyone()
+        tmp = ckpt.begin(self.out, self.step, acc.is_main_process)
+        acc.wait_for_everyone()
+        ckpt.write_rank(tmp, acc.process_index, self._rng_state())
+        final = None
+        if acc.is_main_process:
+            state = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                     "world_size": acc.num_processes, "config": self.cfg.to_dict()}
+            acc.wait_for_everyone()
+            ckpt.write_main(tmp, self.raw.state_dict(), self.optimizer.optimizer.state_dict(),
+                            self.lr_sched.state_dict(), state)
+            final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
+            log.info("checkpoint %s", final)
+        else:
+            acc.wait_for_everyone()
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self, where: str) -> None:
+        path = ckpt.latest_checkpoint(self.out) if where in ("latest", "auto", "") else Path(where)
+        if path is None:
+            if where == "auto":
+                log.info("no checkpoint in %s; starting fresh", self.out)
+                return
+            raise AnyDressingError(f"--resume {where}: no complete checkpoint under {self.out}/checkpoints")
+        data = ckpt.load(path, self.acc.process_index)
+        st = data["state"]
+        if st.get("world_size") != self.acc.num_processes:
+            raise AnyDressingError(f"{path} was written by {st.get('world_size')} processes, this run has "
+                                   f"{self.acc.num_processes}; use the same count for an exact resume")
+        missing, unexpected = self.raw.load_state_dict(data["model"], strict=False)
+        if unexpected or [k for k in missing if not k.startswith("garments.unet.")]:
+            raise AnyDressingError(f"{path} does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        self.optimizer.optimizer.load_state_dict(data["optimizer"])
+        self.lr_sched.load_state_dict(data["scheduler"])
+        self.gen.set_state(data["rng"]["gen"])
+        torch.set_rng_state(data["rng"]["torch"])
+        self.step, self.epoch, self.batches_done = st["step"], st["epoch"], st["batches_done"]
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batches_done)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def run(self) -> Dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg, acc, run = self.cfg, self.acc, self.cfg.run
+        bar = tqdm(total=run.max_steps, initial=self.step, disable=not (run.progress and acc.is_main_process),
+                   desc="train", dynamic_ncols=True)
+        self.model.train()
+        t0, steps0, last = time.perf_counter(), self.step, {}
+        while self.step < run.max_steps:
+            self.sampler.start(self.epoch, self.batches_done)
+            self.dataset.set_epoch(self.epoch)
+            for batch in self.loader:
+                with acc.accumulate(self.model):
+                    parts = self.losses(batch)
+                    acc.backward(parts["total"])
+                    if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        self.lr_sched.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.batches_done += 1
+                if not acc.sync_gradients:
+                    continue
+                self.step += 1
+                bar.update(1)
+                last = {k: float(v.detach()) for k, v in parts.items()}
+                if self.step % run.log_every == 0 or self.step == run.max_steps:
+                    logs = {f"loss/{k}": v for k, v in last.items()}
+                    logs["lr"] = self.lr_sched.get_last_lr()[0]
+                    acc.log(logs, step=self.step)
+                    bar.set_postfix(loss=f"{last['total']:.4f}")
+                if run.checkpoint_every and self.step % run.checkpoint_every == 0:
+                    self.save()
+                if run.sample_every and self.step % run.sample_every == 0 and acc.is_main_process:
+                    self.sample_grid()
+                if self.step >= run.max_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.batches_done = 0
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        speed = (self.step - steps0) / elapsed if elapsed > 0 else 0.0
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            from .export import export_model
+
+            export_model(self.raw, self.out / run.export_name, self.cfg, self.step)
+        acc.end_training()
+        return {"steps_per_s": speed, "step": self.step, **last}
+
+    def sample_grid(self):
+        from .samples import sample_grid
+
+        try:
+            path = sample_grid(self, self.out / "samples" / f"step_{self.step:08d}.png")
+        except (RuntimeError, ValueError) as e:  # a failed preview must not stop training
+            log.warning("sample grid at step %d failed: %s", self.step, e)
+            return
+        tracker = self.acc.get_tracker("tensorboard", unwrap=True)
+        if tracker is not None and path is not None:
+            import cv2
+
+            img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            tracker.add_image("samples", img, self.step, dataformats="HWC")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out

@@ -1,0 +1,153 @@
+"""The trainable model: GarmentsNet (+ GFE LoRA) and the DA projections, around a frozen DressingNet.
+
+GarmentsNet, the LoRA and the projections are the weights engineer's (:mod:`..diffusers_model`,
+:mod:`..gfe`); what lives here is trainer-specific: a DressingNet attn1 processor that (a) takes per-sample garment
+features ``[B, N*L, C]`` (inference shares one garment set across the batch), (b) skip the garment
+term on CFG-dropped rows, (c) hide padded garment slots and (d) record the maps A_k for IGL.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from ..attention import dressing_attention, sdpa_attention, select_rows
+from ..diffusers_model import attn1_modules, build_garments_net
+from ..errors import AnyDressingError
+from ..features import BlockKey
+from ..garments import SLOTS
+from ..gfe import DAProjections
+from ..keys import diffusers_layer_keys
+
+
+@dataclass
+class StepContext:
+    """Per-forward state shared by the processors of one training step."""
+
+    features: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)  # F per layer [B*N, L, C]
+    garments: int = 0                                # N (padded)
+    present: Optional[torch.Tensor] = None           # [B, N] bool
+    keep: Optional[torch.Tensor] = None              # [B] bool, rows that see garments
+    strength: float = 1.0
+    form: str = "separate"
+    maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)  # A_k [B, T, N]
+
+
+def _to_out(attn, o: torch.Tensor) -> torch.Tensor:
+    return attn.to_out[1](attn.to_out[0](o))
+
+
+class DATrainProcessor:
+    """DressingNet attn1 with Dressing-Attention on per-sample garment features; records A_k."""
+
+    def __init__(self, key: BlockKey, da: DAProjections, ctx: StepContext):
+        self.key, self.da, self.ctx = key, da, ctx
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        ctx, h = self.ctx, hidden_states
+        q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+        f = ctx.features.get(self.key)
+        if f is None or ctx.keep is None or not bool(ctx.keep.any()):
+            return _to_out(attn, sdpa_attention(q, k, v, attn.heads))
+        b, t, c = q.shape
+        n = ctx.garments
+        length = f.shape[1]
+        gk, gv = self.da.kv(self.key, f.reshape(b, n * length, f.shape[-1]).to(q.dtype))
+        regions = None
+        if not bool(ctx.present.all()):
+            regions = ctx.present[:, None, :].expand(b, t, n).to(q.dtype)
+        maps = torch.zeros(b, t, n, dtype=torch.float32, device=q.device)
+
+        def with_garments(idx):
+            out, m = dressing_attention(
+                q[idx], k[idx], v[idx], gk[idx], gv[idx], attn.heads, [length] * n, strength=ctx.strength,
+                form=ctx.form, regions=None if regions is None else regions[idx], return_maps=True)
+            maps[idx] = m
+            return out
+
+        def plain(idx):
+            return sdpa_attention(q[idx], k[idx], v[idx], attn.heads)
+
+        o = select_rows(ctx.keep, with_garments, plain, b)
+        ctx.maps[self.key] = maps
+        return _to_out(attn, o)
+
+
+class DressingTrainModel(nn.Module):
+    """Everything trainable, as ONE module so DDP/FSDP wrap it: GarmentsNet (+ GFE LoRA) and Wk'/Wv'.
+
+    GarmentsNet is the weights engineer's :class:`~anydressing_core.diffusers_model.GarmentsNet`
+    on a copy of the base UNet (attn2 removed [paper]).  The frozen DressingNet is held outside
+    the module tree (it is not synchronised, saved or optimised); move it with :meth:`to_device`.
+
+    ``forward(noisy [B,4,h,w], timesteps [B], text [B,77,C], garment_latents [B*N,4,h,w],
+    slot_ids [B*N] (indices into garments.SLOTS), present [B,N], keep [B]) -> eps_pred [B,4,h,w]``; the maps A_k of the step
+    are in ``self.ctx.maps`` afterwards (``{key: [B, T, N]}``, zero on rows without garments).
+    """
+
+    def __init__(self, unet, slots: List[str], rank: int = 64, alpha: float = 8.0, form: str = "separate",
+                 strength: float = 1.0, garments_trainable: str = "full"):
+        super().__init__()
+        self.slots = list(slots)
+        self.form = form
+        self.ctx = StepContext(form=form, strength=strength)
+        self.garments = build_garments_net(copy.deepcopy(unet), slots=slots, rank=rank, alpha=alpha, context="none")
+        g_attn = attn1_modules(self.garments.unet)
+        if not g_attn:
+            raise AnyDressingError("the base UNet has no transformer blocks; AnyDressing needs an SD1.5-shaped UNet")
+        self.garments.unet.requires_grad_(garments_trainable == "full")  # [paper] fully trainable
+        mods = dict(self.garments.unet.named_modules())
+        for name in diffusers_layer_keys(self.garments.unet.config):
+            block = mods[name]
+            frozen = [block.attn1.to_q, block.attn1.to_k, block.attn1.to_v, block.attn1.to_out[0]]  # under the LoRA
+            frozen += [m for m in (getattr(block, "attn2", None), getattr(block, "norm2", None)) if m is not None]
+            for m in frozen:  # attn2 is removed [paper]: its processor returns zeros
+                m.requires_grad_(False)
+        d_attn = attn1_modules(unet)
+        self.da = DAProjections.from_modules({k: m.to_k for k, m in d_attn.items()},
+                                             {k: m.to_v for k, m in d_attn.items()}, trainable=True)
+        unet.requires_grad_(False)
+        unet.set_attn_processor({
+            name: (DATrainProcessor(self._key_of(name, unet), self.da, self.ctx) if name.endswith("attn1.processor")
+                   else AttnProcessor2_0())
+            for name in unet.attn_processors})
+        self._dressing = [unet]  # a list keeps it out of the module tree
+
+    @staticmethod
+    def _key_of(processor_name: str, unet) -> BlockKey:
+        return diffusers_layer_keys(unet.config)[processor_name.rsplit(".attn1.", 1)[0]]
+
+    @property
+    def dressing_net(self):
+        return self._dressing[0]
+
+    def to_device(self, device, dtype=None):
+        self.dressing_net.to(device=device, dtype=dtype)
+        return self
+
+    def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor) -> Dict[BlockKey, torch.Tensor]:
+        """GarmentsNet at t=0 [paper] on the clean latents of the garments in ``rows`` (``[M]`` bool);
+        returns F per layer as ``[M, L, C]`` with zeros on the other rows."""
+        idx = rows.nonzero().flatten()
+        feats = self.garments.encode(latents[idx], [SLOTS[int(i)] for i in slot_ids[idx].tolist()])
+        out = {}
+        for key, t in feats.tokens.items():
+            full = t.new_zeros((latents.shape[0],) + tuple(t.shape[1:]))
+            out[key] = full.index_copy(0, idx, t)
+        return out
+
+    def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep):
+        ctx = self.ctx
+        ctx.maps = {}
+        ctx.garments = int(present.shape[1])
+        ctx.present, ctx.keep = present, keep
+        rows = (present & keep.view(-1, 1)).flatten()
+        # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
+        ctx.features = self.encode_garments(garment_latents, slot_ids, rows) if bool(rows.any()) else {}
+        return self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
