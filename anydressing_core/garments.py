@@ -23,6 +23,10 @@ SLOTS: Tuple[str, ...] = ("upper", "lower", "hat", "dress", "shoes", "bag", "oth
 MIN_SIDE = 16
 #: Larger inputs are downscaled before any other work so a 20k-pixel photo cannot exhaust memory.
 MAX_SIDE = 4096
+#: auto_mask works on a copy at most this large: its morphology kernel grows with the picture, so the
+#: cost grows with the 4th power of the side (15 s at 4096 px on 2 cores) [choice: 1024 px is plenty
+#: to find a garment's outline].
+AUTO_MASK_SIDE = 1024
 #: Garments per generation.  Each adds N*L tokens to every self-attention layer (cost and memory
 #: grow linearly); the paper shows up to 3-4; beyond 8 garments the per-garment attention mass
 #: becomes too small to be useful.
@@ -67,32 +71,68 @@ class GarmentList:
         return out
 
 
-def to_rgb_alpha(image: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Normalise an image to ``(rgb [H, W, 3], alpha [H, W] or None)``, float32 in [0, 1]."""
+#: IMAGE values are 0..1.  Slight overshoot (resamplers, upscalers) is clipped; a maximum above this
+#: means a 0..255 picture, a minimum below ``-RANGE_SLACK`` a -1..1 one: refused, not silently
+#: clipped to a white or black garment [choice].
+RANGE_SLACK = 0.5
+
+
+def to_rgb_alpha(image: np.ndarray, max_side: int = MAX_SIDE) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Normalise an image to ``(rgb [h, w, 3], alpha [h, w] or None)``, float32 in [0, 1].
+
+    Shape and mode are checked first and a picture larger than ``max_side`` is downscaled BEFORE any
+    per-pixel work (range checks, clipping, copies), so a huge input costs one resize, not several
+    full-size temporaries.
+    """
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
         raise AnyDressingError(f"garment image has shape {img.shape}; expected [height, width, channels]")
-    if img.dtype == np.uint8:
-        img = img.astype(np.float32) / 255.0
-    img = img.astype(np.float32, copy=False)
-    if not np.isfinite(img).all():
-        raise AnyDressingError("garment image contains NaN or infinite values; re-load the image")
-    img = np.clip(img, 0.0, 1.0)
     h, w, c = img.shape
+    if c not in (1, 3, 4):
+        raise AnyDressingError(f"garment image has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
     if min(h, w) < MIN_SIDE:
         raise AnyDressingError(
             f"garment image is {w}x{h} pixels; it needs at least {MIN_SIDE}x{MIN_SIDE} to carry any texture. "
             "Connect a larger garment picture."
         )
+    if img.dtype == np.bool_ or not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
+        raise AnyDressingError(f"garment image has dtype {img.dtype}; expected float values in 0..1 or uint8")
+    scale = 1.0 / 255.0 if img.dtype == np.uint8 else None
+    source = img
+    if img.dtype not in (np.uint8, np.float32, np.float64):  # what cv2.resize takes as is
+        img = img.astype(np.float32)
+    img = _downscale(img, max_side)
+    img = img.astype(np.float32) * scale if scale is not None else img.astype(np.float32, copy=False)
+    owned = not np.shares_memory(img, source)  # clip in place only what we allocated ourselves
+    if not np.isfinite(img).all():
+        raise AnyDressingError("garment image contains NaN or infinite values; re-load the image")
+    lo, hi = float(img.min()), float(img.max())
+    if hi > 1.0 + RANGE_SLACK or lo < -RANGE_SLACK:
+        raise AnyDressingError(
+            f"garment image values span {lo:.3g}..{hi:.3g}, but IMAGE values are 0..1"
+            + (" (this looks like a 0..255 picture: divide it by 255)" if hi > 1.0 + RANGE_SLACK else
+               " (this looks like a -1..1 picture: map it with (x + 1) / 2)")
+            + ". Load the garment with LoadImage or convert it before this node."
+        )
+    img = np.clip(img, 0.0, 1.0, out=img if owned else None)
     if c == 1:
         return np.repeat(img, 3, axis=2), None
     if c == 3:
         return img, None
-    if c == 4:
-        return img[..., :3], img[..., 3]
-    raise AnyDressingError(f"garment image has {c} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    return img[..., :3], img[..., 3]
+
+
+def _downscale(img: np.ndarray, max_side: int) -> np.ndarray:
+    """``img [H, W, C]`` with its longer side cut to ``max_side`` (area interpolation); C kept."""
+    h, w, c = img.shape
+    if max(h, w) <= max_side:
+        return img
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
+    return out.reshape(size[1], size[0], c)
 
 
 def limit_size(rgb: np.ndarray, mask: Optional[np.ndarray], max_side: int = MAX_SIDE):
@@ -115,6 +155,8 @@ def fit_mask(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
         m = m[..., 0] if m.shape[-1] in (1, 3, 4) else m[0]
     if m.ndim != 2:
         raise AnyDressingError(f"garment mask has shape {np.shape(mask)}; expected [height, width]")
+    if not np.isfinite(m).all():
+        raise AnyDressingError("garment mask contains NaN or infinite values; connect a 0..1 mask")
     if m.shape == tuple(hw):
         return np.clip(m, 0.0, 1.0)
     ar_mask, ar_img = m.shape[1] / m.shape[0], hw[1] / hw[0]
@@ -131,9 +173,13 @@ def auto_mask(rgb: np.ndarray, threshold: float = 0.08) -> np.ndarray:
 
     The background colour is the median of the border pixels; pixels farther than ``threshold``
     (RGB distance) are garment.  Holes are closed and specks removed.  If nothing stands out from
-    the border (a full-frame texture), the whole image is the garment.
+    the border (a full-frame texture), the whole image is the garment.  Pictures larger than
+    ``AUTO_MASK_SIDE`` are masked on a downscaled copy and the mask is scaled back.
     """
     h, w = rgb.shape[:2]
+    if max(h, w) > AUTO_MASK_SIDE:
+        small = auto_mask(_downscale(rgb, AUTO_MASK_SIDE), threshold)
+        return (cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
     bg = np.median(border, axis=0)
     dist = np.sqrt(((rgb - bg) ** 2).sum(axis=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import comfy.patcher_extension
+import torch
 
 from ..anydressing_core.attention import DAForm
 from ..anydressing_core.errors import AnyDressingError
@@ -51,6 +52,12 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     check_features(modules, features)
     regions = None
     if region_masks is not None:
+        if not torch.is_tensor(region_masks) or region_masks.ndim not in (2, 3):
+            raise AnyDressingError(
+                f"region_masks must be a MASK [N, H, W] (one mask per garment); got shape "
+                f"{tuple(getattr(region_masks, 'shape', ()))}")
+        if not torch.isfinite(region_masks).all():
+            raise AnyDressingError("region_masks contains NaN or infinite values; connect 0..1 masks")
         regions = region_masks if region_masks.ndim == 3 else region_masks.unsqueeze(0)
         if regions.shape[0] != features.count:
             raise AnyDressingError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.garments import MAX_GARMENTS, SLOTS, Garment, GarmentList, fit_mask, to_rgb_alpha
@@ -53,7 +54,16 @@ class AnyDressingGarment:
             raise AnyDressingError(f"unknown slot {slot!r}; use one of {', '.join(SLOTS)}")
         if getattr(image, "ndim", 0) != 4:
             raise AnyDressingError(f"'image' must be an IMAGE batch [B, H, W, C]; got shape {tuple(getattr(image, 'shape', ()))}")
-        imgs = image.detach().float().cpu().numpy()
+        if image.shape[0] == 0:
+            raise AnyDressingError("'image' is an empty batch (0 pictures); connect a garment picture")
+        base = len(garments) if garments is not None else 0
+        if base + image.shape[0] > MAX_GARMENTS:  # before preprocessing a large batch
+            raise AnyDressingError(
+                f"{base} chained garments plus a batch of {image.shape[0]} pictures make {base + image.shape[0]}; at most "
+                f"{MAX_GARMENTS} garments are supported. Pass fewer pictures or remove garments from the chain.")
+        # uint8 pictures stay uint8 (the core scales them); anything else becomes float32 0..1
+        imgs = image.detach().cpu()
+        imgs = (imgs if imgs.dtype == torch.uint8 else imgs.float()).numpy()
         masks = None
         if mask is not None:
             masks = mask.detach().float().cpu().numpy()
@@ -64,7 +74,6 @@ class AnyDressingGarment:
             if masks.shape[0] not in (1, imgs.shape[0]):
                 raise AnyDressingError(f"{masks.shape[0]} masks for {imgs.shape[0]} garment images; give one mask or one per image")
         new = []
-        base = len(garments) if garments is not None else 0
         for i in range(imgs.shape[0]):
             rgb, alpha = to_rgb_alpha(imgs[i])  # validates mode and size now, before any model work
             m = None

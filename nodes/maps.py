@@ -12,7 +12,7 @@ import comfy.samplers
 
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
-from .common import CATEGORY
+from .common import CATEGORY, latent_channels
 from .patch import MapStore, find_shared
 
 # colour maps cycle per garment so the panels are easy to tell apart
@@ -74,6 +74,16 @@ class AnyDressingAttentionMaps:
         shared = find_shared(model)
         if shared is None:
             raise AnyDressingError("this MODEL carries no AnyDressing patch; connect the MODEL output of Apply AnyDressing")
+        if not (0.0 <= at_percent <= 0.99):
+            raise AnyDressingError(f"at_percent {at_percent} is out of range; use 0..0.99")
+        if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")) or latent["samples"].ndim != 4:
+            raise AnyDressingError("'latent' must be a LATENT (a KSampler or Empty Latent Image output) with samples "
+                                   "[B, C, H, W]")
+        want = latent_channels(model)
+        if latent["samples"].shape[1] != want or latent["samples"].shape[0] == 0:
+            raise AnyDressingError(
+                f"the latent has shape {tuple(latent['samples'].shape)} but this model takes {want}-channel latents; "
+                "connect a latent made for this model (the KSampler output that used it)")
         samples = latent["samples"][:1]
         sampling = model.get_model_object("model_sampling")
         sigma = float(sampling.percent_to_sigma(at_percent))
