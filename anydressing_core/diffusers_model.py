@@ -198,7 +198,8 @@ class DressingAttnProcessor:
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
         st = self.owner.state
         feats = st.features if st is not None else None
-        if feats is None or feats.count == 0 or self.key not in feats.tokens:
+        if feats is None or feats.count == 0 or self.key not in feats.tokens or st.strength == 0.0:
+            # neutral settings are the plain model bit for bit (STYLE 10)
             return _to_out(attn, sdpa_attention(q, k, v, attn.heads))
         gk, gv = self.owner.garment_kv(self.key, attn, feats, x.dtype)
         form = st.form or feats.form or DAForm.SEPARATE

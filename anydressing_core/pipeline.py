@@ -75,6 +75,11 @@ class AnyDressingPipeline:
         return next(self.unet.parameters()).device
 
     @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell (8 for SD's VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def dtype(self):
         return next(self.unet.parameters()).dtype
 
@@ -88,7 +93,7 @@ class AnyDressingPipeline:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` in [0, 1] -> scaled latents ``[N, 4, H/8, W/8]`` (distribution mean)."""
+        """``[N, 3, H, W]`` in [0, 1] -> scaled latents ``[N, 4, H/f, W/f]`` (distribution mean)."""
         x = (images.to(self.device, self.vae.dtype) * 2 - 1)
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
@@ -123,8 +128,9 @@ class AnyDressingPipeline:
                  form: Optional[str] = None, region_masks: Optional[torch.Tensor] = None,
                  latents: Optional[torch.Tensor] = None, output_type: str = "pt"):
         """Returns images ``[B, 3, height, width]`` in [0, 1] (``output_type="latent"``: latents)."""
-        if height % 8 or width % 8:
-            raise AnyDressingError(f"height {height} and width {width} must be multiples of 8")
+        f = self.vae_scale
+        if height % f or width % f:
+            raise AnyDressingError(f"height {height} and width {width} must be multiples of {f}")
         cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
         b = cond.shape[0]
         feats = None
@@ -138,7 +144,7 @@ class AnyDressingPipeline:
             rows = torch.tensor([False] * b + [True] * b)  # [paper] garments dropped with the text
         else:
             ctx, rows = cond, None
-        shape = (b, self.unet.config.in_channels, height // 8, width // 8)
+        shape = (b, self.unet.config.in_channels, height // f, width // f)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
