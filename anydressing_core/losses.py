@@ -124,11 +124,11 @@ class DISTS(nn.Module):
     def __init__(self, vgg_state: Optional[Mapping[str, torch.Tensor]] = None, alpha_beta: Optional[Mapping] = None,
                  random_weights: bool = False):
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
         if vgg_state is None and not random_weights:
             raise AnyDressingError("DISTS needs VGG16 weights: pass a state dict (see load_dists) or random_weights=True")
-        features = vgg16(weights=None).features
+        features = make_layers(cfgs["D"], batch_norm=False)  # = vgg16().features, without the 120M-weight head
         if vgg_state is not None:
             state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in vgg_state.items()}
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}

@@ -230,13 +230,34 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - t0
         speed = (self.step - steps0) / elapsed if elapsed > 0 else 0.0
+        digests = self.weight_digests()
+        if len(set(digests)) != 1:
+            log.error("processes disagree on the weights after training: %s", digests)
         acc.wait_for_everyone()
         if acc.is_main_process:
             from .export import export_model
 
             export_model(self.raw, self.out / run.export_name, self.cfg, self.step)
         acc.end_training()
-        return {"steps_per_s": speed, "step": self.step, **last}
+        return {"steps_per_s": speed, "step": self.step, "processes": acc.num_processes,
+                "weights_agree": len(set(digests)) == 1, "weight_digest": digests[0], **last}
+
+    def weight_digest(self) -> str:
+        """SHA-1 of this process's trainable weights (bitwise)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for name, p in self.raw.named_parameters():
+            if p.requires_grad:
+                h.update(name.encode())
+                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def weight_digests(self) -> list:
+        """Every process's :meth:`weight_digest` (DDP must keep them identical)."""
+        from accelerate.utils import gather_object
+
+        return list(gather_object([self.weight_digest()]))
 
     def sample_grid(self):
         from .samples import sample_grid
