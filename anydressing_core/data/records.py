@@ -126,7 +126,11 @@ def read_manifest(path, check_files: bool = True) -> List[SampleRecord]:
                     missing = [str(p) for p in rec.files() if not p.is_file()]
                     if missing:
                         raise AnyDressingError(f"{where}: missing files {missing}")
-            except (json.JSONDecodeError, AnyDressingError) as e:
+            except json.JSONDecodeError as e:
+                bad += 1
+                log.warning("skipping bad sample %s: not JSON (%s)", where, e)
+                continue
+            except AnyDressingError as e:
                 bad += 1
                 log.warning("skipping bad sample %s", e)
                 continue
