@@ -98,7 +98,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int) 
     ctx_dim = model.model.model_config.unet_config.get("context_dim") or 768
     kwargs = {}
     if getattr(dm, "num_classes", None) is not None:
-        kwargs["y"] = torch.zeros(n, dm.adm_in_channels, device=device, dtype=dtype)
+        adm = model.model.model_config.unet_config.get("adm_in_channels")
+        kwargs["y"] = torch.zeros(n, int(adm), device=device, dtype=dtype)  # no text, no size conditioning
     recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
     with torch.inference_mode():
