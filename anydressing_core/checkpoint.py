@@ -207,6 +207,8 @@ class AnyDressingAdapter:
         self.garments_net = garments_net
         self.resampler = resampler
         self.name = name
+        #: True when the file had GarmentsNet weights (they may have been handed to the host already).
+        self.has_garments_net = garments_net is not None
 
     # --- what the nodes and the pipeline ask -------------------------------------------------
     @property
@@ -223,17 +225,17 @@ class AnyDressingAdapter:
 
     @property
     def zero_shot(self) -> bool:
-        return self.gfe is None and self.projections is None and self.garments_net is None
+        return self.gfe is None and self.projections is None and not self.has_garments_net
 
     def describe(self) -> str:
         parts = [f"{self.meta.base}", f"{len(self.meta.layers)} layers", f"form {self.form}"]
         parts.append(f"GFE slots {self.meta.slots} r{self.meta.lora_rank}" if self.gfe else "no GFE")
         parts.append("trained Wk'/Wv'" if self.projections else "Wk'=Wk, Wv'=Wv")
-        parts.append("own GarmentsNet" if self.garments_net is not None else "GarmentsNet = base UNet")
+        parts.append("own GarmentsNet" if self.has_garments_net else "GarmentsNet = base UNet")
         return ", ".join(parts)
 
-    def check_layers(self, channels: Mapping[BlockKey, int], what: str = "this MODEL"):
-        """The model's attn1 layers ``{key: C}`` must be exactly the adapter's layers, same widths."""
+    def check_layers(self, channels: Mapping[BlockKey, Optional[int]], what: str = "this MODEL", widths: bool = True):
+        """The model's attn1 layers ``{key: C}`` must be exactly the adapter's layers (and widths)."""
         mine = {k: c for k, c in (self._channels() or {}).items()}
         missing = [key_to_str(k) for k in channels if k not in self.meta.layers]
         extra = [key_to_str(k) for k in self.meta.layers if k not in channels]
@@ -245,6 +247,8 @@ class AnyDressingAdapter:
                 + (f"; layers the adapter lacks: {missing[:5]}" if missing else "")
                 + (f"; adapter layers the model lacks: {extra[:5]}" if extra else "")
                 + ". Use AnyDressing weights made for this base model.")
+        if not widths:
+            return
         wrong = [f"{key_to_str(k)} ({mine[k]} vs {c})" for k, c in channels.items() if k in mine and mine[k] != c]
         if wrong:
             raise AnyDressingError(f"adapter layer widths do not match {what} (adapter vs model): {wrong[:5]}. "
@@ -287,6 +291,12 @@ class AnyDressingAdapter:
         if self.projections is not None:
             self.projections.to(device=device, dtype=dtype)
         return self
+
+    def without_garments_net(self) -> "AnyDressingAdapter":
+        """The same adapter without the GarmentsNet tensors (once the host holds them as a MODEL)."""
+        out = AnyDressingAdapter(self.meta, self.gfe, self.projections, None, self.resampler, self.name)
+        out.has_garments_net = self.has_garments_net
+        return out
 
     def __deepcopy__(self, memo):
         return self

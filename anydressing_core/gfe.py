@@ -111,8 +111,8 @@ class GFELoRA(nn.Module):
             if x.shape[0] % ids.shape[0]:
                 raise AnyDressingError(f"GFE got a batch of {x.shape[0]} rows for {ids.shape[0]} garments")
             ids = ids.repeat(x.shape[0] // ids.shape[0])
-        a_g = a.index_select(0, ids).to(x.dtype)  # [B, r, in]
-        b_g = b.index_select(0, ids).to(x.dtype)  # [B, out, r]
+        a_g = a.index_select(0, ids).to(device=x.device, dtype=x.dtype)  # [B, r, in]
+        b_g = b.index_select(0, ids).to(device=x.device, dtype=x.dtype)  # [B, out, r]
         return torch.bmm(torch.bmm(x, a_g.transpose(1, 2)), b_g.transpose(1, 2)) * self.scale
 
     def qkv(self, key: BlockKey, n: torch.Tensor, q, k, v, slot_ids):

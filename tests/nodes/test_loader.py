@@ -1,0 +1,138 @@
+"""AnyDressingLoader inside the real ComfyUI host: model folder, GarmentsNet MODEL, adapter hooks, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+# The diffusers twin of nodes/tiny_models.py's "recommended" preset (model_channels 320, 2 levels, 7 blocks).
+TINY_DIFFUSERS = dict(block_out_channels=(320, 320), layers_per_block=1,
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                      attention_head_dim=8, sample_size=8)
+
+
+def diffusers_unet_from_comfy(host, model):
+    """A diffusers UNet holding exactly the ComfyUI MODEL's weights (ComfyUI's own key map)."""
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)  # diffusers -> LDM
+    ldm = model.model.diffusion_model.state_dict()
+    unet = diffusers.UNet2DConditionModel(**TINY_DIFFUSERS)
+    missing, unexpected = unet.load_state_dict({d: ldm[l].float() for d, l in mapping.items() if l in ldm}, strict=False)
+    assert not missing and not unexpected, (missing[:3], unexpected[:3])
+    return unet.eval()
+
+
+def make_adapter(host, unet, seed=0, include_unet=True, slots=("upper", "lower")):
+    """A 'trained' adapter: GarmentsNet != base, non-zero GFE LoRA, Wk'/Wv' != Wk/Wv."""
+    core = host.module("anydressing_core.diffusers_model")
+    ckpt = host.module("anydressing_core.checkpoint")
+    g = torch.Generator().manual_seed(seed)
+    gnet = core.build_garments_net(copy.deepcopy(unet), slots=list(slots), rank=4, alpha=8)
+    da = core.install_dressing_attention(copy.deepcopy(unet), projections="copy")
+    with torch.no_grad():
+        for p in gnet.gfe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for name, p in gnet.unet.named_parameters():
+            if name.endswith("attn1.to_v.weight"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+        for p in da.projections.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return ckpt.export(gnet, da, include_unet=include_unet, provenance={"test": "tiny"}), gnet, da
+
+
+@pytest.fixture(scope="module")
+def base(host, tiny_model_names):
+    model, clip, vae = host.run("CheckpointLoaderSimple", ckpt_name=tiny_model_names["checkpoint"])
+    return model, clip, vae
+
+
+@pytest.fixture(scope="module")
+def folder(host, tmp_path_factory):
+    d = tmp_path_factory.mktemp("anydressing")
+    host.folder_paths.add_model_folder_path("anydressing", str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def saved(host, base, folder):
+    unet = diffusers_unet_from_comfy(host, base[0])
+    adapter, gnet, da = make_adapter(host, unet)
+    adapter.save(str(folder / "trained.safetensors"))
+    zs, _, _ = make_adapter(host, unet, include_unet=False)
+    zs.save(str(folder / "projections_only.safetensors"))
+    return unet, gnet, da
+
+
+def test_folder_is_registered_and_lists_safetensors_only(host, folder, saved):
+    loader = host.module("nodes.loader")
+    (folder / "old.pth").write_bytes(b"pickle")
+    names = host.folder_paths.get_filename_list("anydressing")
+    assert "trained.safetensors" in names and "old.pth" not in names
+    schema = loader.AnyDressingLoader.INPUT_TYPES()
+    assert "trained.safetensors" in schema["required"]["anydressing_name"][0]
+    for section in schema.values():
+        for name, (_, opts) in section.items():
+            assert opts.get("tooltip"), name
+    assert loader.AnyDressingLoader.CATEGORY == "AnyDressing/loaders" and loader.AnyDressingLoader.DESCRIPTION
+
+
+def test_loader_gives_a_comfy_garmentsnet_with_the_trained_weights(host, base, saved):
+    import comfy.model_patcher
+
+    loader = host.module("nodes.loader")
+    unet, gnet, _ = saved
+    model, adapter = loader.AnyDressingLoader().load("trained.safetensors", model=base[0])
+    assert isinstance(model, comfy.model_patcher.ModelPatcher) and model is not base[0]
+    dm = model.model.diffusion_model
+    got = dm.input_blocks[1][1].transformer_blocks[0].attn1.to_v.weight.float()
+    want = gnet.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_v.weight
+    torch.testing.assert_close(got, want)
+    assert not torch.equal(got, base[0].model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_v.weight.float())
+    assert adapter.garments_net is None and adapter.has_garments_net  # tensors handed to ComfyUI, not kept twice
+    assert adapter.meta.slots == ["upper", "lower"] and adapter.projections is not None
+
+
+def test_file_without_garmentsnet_uses_the_base_model(host, base, saved):
+    loader = host.module("nodes.loader")
+    errors = host.module("anydressing_core.errors")
+    model, adapter = loader.AnyDressingLoader().load("projections_only.safetensors", model=base[0])
+    assert model.model is base[0].model  # a clone of the base MODEL: GarmentsNet = base UNet
+    with pytest.raises(errors.AnyDressingError, match="no GarmentsNet weights.*Connect your checkpoint's MODEL"):
+        loader.AnyDressingLoader().load("projections_only.safetensors")
+
+
+def test_adapter_for_another_layer_layout_is_refused(host, base, folder):
+    loader = host.module("nodes.loader")
+    ckpt = host.module("anydressing_core.checkpoint")
+    errors = host.module("anydressing_core.errors")
+    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]  # SDXL-like keys
+    meta = ckpt.CheckpointMeta(base="sdxl", layers=layers)
+    tensors = {}
+    for k in layers:
+        s = f"{k[0]}.{k[1]}.{k[2]}"
+        tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
+        tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
+    ckpt.save_checkpoint(str(folder / "xl.safetensors"), tensors, meta)
+    with pytest.raises(errors.AnyDressingError, match=r"sdxl UNet with 3 self-attention layers.*has 7"):
+        loader.AnyDressingLoader().load("xl.safetensors", model=base[0])
+
+
+def test_encode_options_install_gfe_hooks_without_touching_the_model(host, base, saved):
+    loader = host.module("nodes.loader")
+    model, adapter = loader.AnyDressingLoader().load("trained.safetensors", model=base[0])
+    keys = list(loader.model_channels(model))
+    before = copy.copy(model.model_options.get("transformer_options", {}))
+    opts = loader.adapter_encode_options(adapter, {"patches": {"attn1_patch": ["recorder"]}, "patches_replace": {}},
+                                         ["upper", "upper"], keys)
+    assert opts["patches"]["attn1_patch"][0] == "recorder" and len(opts["patches"]["attn1_patch"]) == 2
+    assert set(opts["patches_replace"]["attn1"]) == set(keys) and len(opts["patches"]["attn1_output_patch"]) == 1
+    assert model.model_options.get("transformer_options", {}) == before
+    errors = host.module("anydressing_core.errors")
+    with pytest.raises(errors.AnyDressingError, match="'hat'"):
+        loader.adapter_encode_options(adapter, {}, ["hat"], keys)
