@@ -324,12 +324,16 @@ def render_sample(index: int, size: int = 64, seed: int = 0, slots: Optional[Seq
         tex = _texture(specs[i], n, anchor, g["scale"])
         img[cover > 0] = tex[cover > 0]
         covers[i] = cover > 0
-    visible = {}
+    cov = {}
     for pos, i in enumerate(order):
         v = covers[i].copy()
         for later in order[pos + 1:]:
             v &= ~covers[later]
-        visible[i] = _down(v.astype(np.uint8) * 255, size) >= 128
+        cov[i] = _down(v.astype(np.float32), size)
+    # a pixel belongs to the garment covering most of it, if that covers at least half (disjoint masks)
+    stack = np.stack([cov[i] for i in range(len(specs))])
+    best = stack.argmax(0)
+    visible = {i: (best == i) & (stack[i] >= 0.5) for i in range(len(specs))}
     garments = []
     for i, spec in enumerate(specs):
         shop, fg = _in_shop(spec, size, n, (255, 255, 255))
