@@ -23,7 +23,7 @@ from .server import PACK_DIR, ComfyServer, find_comfyui
 
 TINY_CACHE = Path(os.environ.get("ANYDRESSING_TINY_MODELS", Path.home() / ".cache/anydressing/tiny-models"))
 # [choice] the tiny random model runs smaller and shorter: its output is noise whatever the size.
-TINY_SIZE, TINY_STEPS, TINY_GARMENT = (256, 320), 8, (192, 256)
+TINY_SIZE, TINY_STEPS, TINY_GARMENT = (192, 256), 6, (128, 192)
 
 NOISE_BANNER = """
 =====================================================================================
@@ -42,7 +42,7 @@ def add_demo_args(p) -> None:
     p.add_argument("--output", "-o", default="anydressing_demo", help="folder for inputs and results")
     p.add_argument("--workflow", default="upper_lower_hat", help="shipped workflow to run (default upper_lower_hat)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the workflow's 30; 8 on the tiny model)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the workflow's 30; 6 on the tiny model)")
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--quiet", "-q", action="store_true")

@@ -46,7 +46,7 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
             return c.resolve()
     looked = ", ".join(str(c) for c in candidates)
     raise RunnerError(f"no ComfyUI found (looked in: {looked}); expected a folder with main.py and comfy/. "
-                      "Pass --comfyui PATH or set COMFYUI_PATH.")
+                      "Pass --comfyui PATH or set COMFYUI_PATH.", exit_code=3)
 
 
 def pack_installed_in(comfyui: Path) -> bool:
@@ -77,7 +77,7 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             raise RunnerError(f"port {port} on {host} is taken ({exc.strerror}); pass another --port, or "
-                              f"--server http://{host}:{port} if a ComfyUI already runs there") from None
+                              f"--server http://{host}:{port} if a ComfyUI already runs there", exit_code=3) from None
 
 
 def has_gpu() -> bool:
@@ -204,7 +204,7 @@ class ComfyServer:
             code = self.proc.poll()
             if code is not None:
                 raise RunnerError(f"ComfyUI exited with code {code} while starting. Server log tail:\n"
-                                  f"{self.log_tail()}")
+                                  f"{self.log_tail()}", exit_code=3)
             try:
                 with urllib.request.urlopen(self.url + "/system_stats", timeout=2) as r:
                     if r.status == 200:
@@ -214,7 +214,7 @@ class ComfyServer:
                 pass
             time.sleep(0.25)
         raise RunnerError(f"ComfyUI did not answer at {self.url} within {self.startup_timeout:.0f} s. "
-                          f"Server log tail:\n{self.log_tail()}")
+                          f"Server log tail:\n{self.log_tail()}", exit_code=3)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

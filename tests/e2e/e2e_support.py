@@ -1,0 +1,36 @@
+"""Constants and helpers shared by the end-to-end tests (imported as ``e2e_support``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from anydressing_run.run import Substitutions
+from anydressing_run.server import PACK_DIR
+from anydressing_run.workflow_specs import THIRD_PARTY, WORKFLOWS
+
+ARTIFACTS = PACK_DIR / "artifacts" / "e2e"
+WORKFLOWS_DIR = PACK_DIR / "workflows"
+OUR_NODES = ("AnyDressingGarment", "AnyDressingEncodeGarments", "AnyDressingApply", "AnyDressingAttentionMaps")
+RUNNABLE = [name for name in WORKFLOWS if name not in THIRD_PARTY]
+# Overrides that keep every e2e run at about a second on 2 CPU cores (the shipped files keep the paper's values).
+QUICK = dict(steps=2, width=64, height=64, garment_size=(64, 64), seed=1)
+
+
+def tiny_cache() -> Path:
+    return Path(os.environ.get("ANYDRESSING_TINY_MODELS", Path.home() / ".cache/anydressing/tiny-models"))
+
+
+def load_api(name: str) -> dict:
+    return json.loads((WORKFLOWS_DIR / "api" / f"{name}.json").read_text())
+
+
+def load_ui(name: str) -> dict:
+    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text())
+
+
+def quick_substitutions(tiny_files: dict, **extra) -> Substitutions:
+    """Tiny models and QUICK sizes for any shipped graph (the sample pictures already sit in the input folder)."""
+    return Substitutions(checkpoint=tiny_files["checkpoint"].name, lora=tiny_files["lora"].name,
+                         controlnet=tiny_files["controlnet"].name, **{**QUICK, **extra})
