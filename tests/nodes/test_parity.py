@@ -1,0 +1,141 @@
+"""Parity: the ComfyUI path (our nodes + stock KSampler) and the diffusers path compute ONE model.
+
+On identical tiny random weights (the tiny SD1.5 checkpoint converted to diffusers with ComfyUI's own
+``comfy.utils.unet_to_diffusers`` map, plus a 'trained' AnyDressing file with GarmentsNet weights,
+GFE LoRA and Wk'/Wv'), both paths must give the same garment features F per layer and the same noise
+prediction for one sampling step (conditional row dressed, unconditional row plain [paper]).
+
+Measured on CPU fp32 (2026-11-29): features 1.4e-6, K'/V' included, and noise prediction 5.2e-7
+(max |diff| relative to the tensor's max magnitude); the asserted tolerance is ``TOL`` (relative to the tensor's max magnitude).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import garment_image
+from test_loader import diffusers_unet_from_comfy, make_adapter
+
+log = logging.getLogger(__name__)
+TOL = 1e-5  # relative: max|a - b| <= TOL * max|b|  (measured ~1.4e-6 / ~5e-7)
+SLOTS = ["upper", "lower"]
+
+
+def rel_err(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="module")
+def setup(host, tiny_model_names, tmp_path_factory):
+    model, clip, vae = host.run("CheckpointLoaderSimple", ckpt_name=tiny_model_names["checkpoint"])
+    folder = tmp_path_factory.mktemp("anydressing_parity")
+    host.folder_paths.add_model_folder_path("anydressing", str(folder))
+    unet = diffusers_unet_from_comfy(host, model)
+    adapter, _, _ = make_adapter(host, unet, seed=7, slots=SLOTS)
+    adapter.save(str(folder / "parity.safetensors"))
+    garments_net, comfy_adapter = host.run("AnyDressingLoader", anydressing_name="parity.safetensors", model=model) \
+        if "AnyDressingLoader" in host.nodes.NODE_CLASS_MAPPINGS else \
+        host.module("nodes.loader").AnyDressingLoader().load("parity.safetensors", model=model)
+    pos = host.run("CLIPTextEncode", clip=clip, text="a person wearing a shirt")[0]
+    neg = host.run("CLIPTextEncode", clip=clip, text="")[0]
+    chain = None
+    for color, slot in [((0.9, 0.1, 0.1), "upper"), ((0.1, 0.2, 0.9), "lower")]:
+        kw = {} if chain is None else {"garments": chain}
+        chain = host.run("AnyDressingGarment", image=garment_image(color, pattern="stripes"), slot=slot, weight=1.0, **kw)[0]
+    return dict(model=model, vae=vae, unet=unet, folder=folder, garments_net=garments_net, adapter=comfy_adapter,
+                pos=pos, neg=neg, chain=chain)
+
+
+def comfy_features(host, s, monkeypatch, size=64):
+    """Encode Garments with the adapter; until encode.py takes `adapter`, route it through loader.py's hooks."""
+    encode = host.module("nodes.encode")
+    loader = host.module("nodes.loader")
+    if "adapter" in inspect.signature(encode.encode_garments).parameters:
+        return host.run("AnyDressingEncodeGarments", model=s["garments_net"], vae=s["vae"], garments=s["chain"],
+                        width=size, height=size, adapter=s["adapter"])[0]
+    original = encode.garments_net_options
+    slots = [g.slot for g in s["chain"].items]
+
+    def with_adapter(model, recorder, keys):
+        return loader.adapter_encode_options(s["adapter"], original(model, recorder, keys), slots, keys)
+
+    monkeypatch.setattr(encode, "garments_net_options", with_adapter)
+    feats = encode.encode_garments(s["garments_net"], s["vae"], s["chain"], size, size)
+    return loader.adapter_features(s["adapter"], feats, s["model"], dtype=torch.float32)
+
+
+def diffusers_features(host, s, size=64):
+    """The same garments through the diffusers GarmentsNet built from the same file."""
+    core = host.module("anydressing_core.diffusers_model")
+    ckpt = host.module("anydressing_core.checkpoint")
+    garments = host.module("anydressing_core.garments")
+    full = ckpt.load_checkpoint(str(s["folder"] / "parity.safetensors"))
+    gunet = copy.deepcopy(s["unet"])
+    gunet.load_state_dict(full.garments_net)
+    gnet = core.GarmentsNet(gunet, context=full.meta.garments_net_context, gfe=full.gfe)
+    prepared = [garments.prepare_garment(g.image, g.mask, size, size) for g in s["chain"].items]
+    pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
+    latents = s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
+    with torch.no_grad():
+        feats = gnet.encode(latents, SLOTS)
+        no_gfe = core.GarmentsNet(copy.deepcopy(gunet), context="none").encode(latents, SLOTS)
+    return full.project(feats, dtype=torch.float32), full, no_gfe
+
+
+def test_garment_features_and_noise_prediction_match(host, setup, monkeypatch):
+    s = setup
+    cf = comfy_features(host, s, monkeypatch)
+    df, full, no_gfe = diffusers_features(host, s)
+    assert max(rel_err(cf.tokens[k], no_gfe.tokens[k]) for k in df.tokens) > 10 * TOL  # the GFE LoRA matters
+    assert cf.form == df.form == "separate"
+    worst_f = 0.0
+    for key in df.tokens:
+        err = rel_err(cf.tokens[key], df.tokens[key])
+        worst_f = max(worst_f, err, rel_err(cf.kv[key][0], df.kv[key][0]), rel_err(cf.kv[key][1], df.kv[key][1]))
+    assert set(cf.tokens) == set(df.tokens) and len(df.tokens) == 7
+    assert worst_f <= TOL, f"garment features differ by {worst_f:.2e} (relative)"
+
+    # ComfyUI: Apply AnyDressing + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
+    patched = host.run("AnyDressingApply", model=s["model"], features=cf, strength=0.7, start_percent=0.0,
+                       end_percent=1.0, form="auto", cfg_policy="garments in positive only (paper)")[0]
+    records = []
+
+    def wrapper(apply_model, args):
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        records.append((args["input"].clone(), args["timestep"].clone(), args["c"]["c_crossattn"].clone(),
+                        list(args["cond_or_uncond"]), out.clone()))
+        return out
+
+    patched = patched.clone()
+    patched.set_model_unet_function_wrapper(wrapper)
+    latent = host.run("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
+    host.run("KSampler", model=patched, seed=3, steps=1, cfg=3.0, sampler_name="euler", scheduler="normal",
+             positive=s["pos"], negative=s["neg"], latent_image=latent, denoise=1.0)
+    assert records, "the sampler never called the model"
+
+    # diffusers: DA processors with the same adapter, garments only on the conditional rows
+    core = host.module("anydressing_core.diffusers_model")
+    dunet = copy.deepcopy(s["unet"])
+    da = core.install_dressing_attention(dunet, projections=full.projections, trainable=False)
+    sampling = s["model"].get_model_object("model_sampling")
+    worst_eps = 0.0
+    for x, sigma, ctx, cou, denoised in records:
+        chunk = x.shape[0] // len(cou)
+        rows = torch.tensor([cou[i // chunk] == 0 for i in range(x.shape[0])])
+        eps_comfy = (x - denoised) / sigma.view(-1, 1, 1, 1)
+        with torch.no_grad(), da.use(df, strength=0.7, garment_rows=rows):
+            eps_diff = dunet(sampling.calculate_input(sigma, x), sampling.timestep(sigma).float(),
+                             encoder_hidden_states=ctx.float()).sample
+        worst_eps = max(worst_eps, rel_err(eps_comfy, eps_diff))
+        with torch.no_grad():
+            plain = dunet(sampling.calculate_input(sigma, x), sampling.timestep(sigma).float(),
+                          encoder_hidden_states=ctx.float()).sample
+        assert rel_err(eps_diff[rows], plain[rows]) > 10 * TOL  # the garments matter at this tolerance
+    log.info("parity: features %.2e, noise prediction %.2e (relative max error)", worst_f, worst_eps)
+    assert worst_eps <= TOL, f"noise predictions differ by {worst_eps:.2e} (relative)"
