@@ -1,0 +1,105 @@
+"""Printing a benchmark result (the dict ``benchmarks.speed`` saves as JSON) as tables and target checks."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+#: Issue 7 targets.
+OVERHEAD_FACTOR = 1.25   # measured overhead at most 1.25x the FLOP-predicted overhead, N = 1..4
+ENCODE_STEPS = 2.0       # encoding 3 garments costs less than two plain UNet steps
+LINEAR_R2 = 0.95         # peak memory vs N fits a line at least this well
+
+
+def _f(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def table(res: dict, steps: int) -> list:
+    lines = [f"\n== {res['width']}x{res['height']} (latent {res['width'] // 8}x{res['height'] // 8}), {steps} steps, CFG 6: "
+             f"one plain UNet step (batch 2) {res['plain_step']['median_s'] * 1000:.0f} ms"]
+    head = ("  N | with s | w/o s | ratio | FLOP ratio | meas/pred | ovh meas/pred | spread w,w/o | peak dMiB with | "
+            "w/o | feat MiB | encode s | enc/step | UNet-only enc/step")
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for r in res["rows"]:
+        lines.append(
+            f"  {r['n']} | {r['with']['median_s']:6.3f} | {r['without']['median_s']:5.3f} | {r['ratio']:5.3f} | "
+            f"{r['flop_ratio']:10.3f} | {r['measured_over_predicted']:9.3f} | "
+            f"{_f(r['overhead_measured_over_predicted']):>13} | {r['with']['spread']:4.0%},{r['without']['spread']:4.0%} | "
+            f"{r['with']['peak_delta_mib']:14.1f} | {r['without']['peak_delta_mib']:5.1f} | {r['features_mib']:8.2f} | "
+            f"{r['encode']['median_s']:8.3f} | {r['encode_over_step']:8.2f} | {r['encode_unet_over_step']:6.2f}")
+    fit = res.get("memory_fit")
+    if fit:
+        a, b = fit["peak_delta_vs_n"], fit["peak_plus_features_vs_n"]
+        lines.append(f"  memory: peak-above-start during sampling = {a['intercept']:.1f} + {a['slope']:.2f} MiB * N "
+                     f"(R^2 {a['r2']:.3f}); with the stored features = {b['intercept']:.1f} + {b['slope']:.2f} MiB * N "
+                     f"(R^2 {b['r2']:.3f}); features alone {fit['features_mib_per_garment']:.2f} MiB per garment")
+    for r in res["rows"]:
+        ana, cnt = r["analytic_added_flops_per_run"], r["counted_added_flops_per_run"]
+        lines.append(f"  N={r['n']}: added GFLOP per run counted {cnt / 1e9:.2f}, analytic {ana / 1e9:.2f} "
+                     f"({cnt / ana if ana else 0:.2f}x); DA calls per run {r['da_calls_per_run']}")
+    return lines
+
+
+def targets(result: dict) -> list:
+    rows = [(res, r) for res in result["resolutions"] for r in res["rows"]]
+    if not rows:
+        return ["  no rows measured"]
+    ovh = [r["overhead_measured_over_predicted"] for _, r in rows if r["overhead_measured_over_predicted"] is not None]
+    tot = [r["measured_over_predicted"] for _, r in rows]
+    enc3 = [(res, r) for res, r in rows if r["n"] == 3]
+    fits = [res["memory_fit"] for res in result["resolutions"] if res.get("memory_fit")]
+    out = []
+    worst = max(ovh) if ovh else None
+    out.append(f"  [{'MET' if worst is not None and worst <= OVERHEAD_FACTOR else 'NOT MET'}] measured overhead within "
+               f"{OVERHEAD_FACTOR}x of the FLOP-predicted overhead, every N and resolution: worst "
+               f"(ratio-1)/(FLOP ratio-1) = {_f(worst)}; worst total-time ratio/FLOP ratio = {max(tot):.2f}")
+    if enc3:
+        worst_enc = max(r["encode_over_step"] for _, r in enc3)
+        worst_unet = max(r["encode_unet_over_step"] for _, r in enc3)
+        out.append(f"  [{'MET' if worst_enc < ENCODE_STEPS else 'NOT MET'}] encoding 3 garments below {ENCODE_STEPS:g} "
+                   f"plain UNet steps: worst {worst_enc:.2f} steps for the whole node (UNet pass alone "
+                   f"{worst_unet:.2f})")
+    else:
+        out.append("  [NOT MEASURED] encoding 3 garments: N=3 was not run")
+    if fits:
+        r2 = min(f["peak_plus_features_vs_n"]["r2"] for f in fits)
+        slopes = ", ".join(f"{f['peak_plus_features_vs_n']['slope']:.2f}" for f in fits)
+        out.append(f"  [{'MET' if r2 >= LINEAR_R2 else 'NOT MET'}] memory linear in N (R^2 >= {LINEAR_R2}): worst R^2 "
+                   f"{r2:.3f}; slopes {slopes} MiB per garment (per resolution)")
+    return out
+
+
+def readme_line(result: dict) -> str:
+    for res in result["resolutions"]:
+        for r in res["rows"]:
+            if r["n"] == 2:
+                s = result["settings"]
+                return (f"README FIGURE: one 2-garment sampling run at {res['width']}x{res['height']}, {s['steps']} steps, "
+                        f"CFG 6 ({s['preset']} UNet, {result['env']['device']}): with AnyDressing "
+                        f"{r['with']['median_s']:.3f} s vs without {r['without']['median_s']:.3f} s = "
+                        f"{r['ratio']:.2f}x; encoding the 2 garments once: {r['encode']['median_s']:.3f} s")
+    return "README FIGURE: not measured (N=2 missing)"
+
+
+def print_report(result: dict, file=sys.stdout):
+    s, e = result["settings"], result["env"]
+    print(f"AnyDressing speed/memory benchmark '{result['label']}': UNet {s['preset']}, form {s['form']}, "
+          f"{s['repeats']} repeats (medians), host attention {e['attention']}, compute dtype {e['compute_dtype']}, "
+          f"torch {e['torch']} with {e['threads']} threads, device {e['device']}, git {e['git']}", file=file)
+    print(f"NOTE: timings on a shared machine are noisy (load average {_f(e.get('load_average_1m'))} at start, "
+          f"{_f(e.get('load_average_1m_end'))} at end); 'spread' is (max-min)/median of each configuration's runs. "
+          "Tiny CPU models exaggerate fixed per-call overheads.", file=file)
+    for res in result["resolutions"]:
+        print("\n".join(table(res, s["steps"])), file=file)
+    print("\nTargets (issue 7):", file=file)
+    print("\n".join(targets(result)), file=file)
+    print(readme_line(result), file=file)
+    if result.get("partial"):
+        print("PARTIAL: the time limit stopped the run before every configuration was measured", file=file)
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.report benchmarks/results/cpu.json: print a saved result again.
+    for path in sys.argv[1:]:
+        print_report(json.loads(open(path).read()))

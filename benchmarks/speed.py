@@ -1,0 +1,267 @@
+"""Speed and memory of AnyDressing against the same sampling without it (issue 7).
+
+Run from the repo root::
+
+    ~/venv/bin/python -m benchmarks.speed                      # tiny CPU model, minutes
+    ~/venv/bin/python -m benchmarks.speed --quick              # smoke run, under a minute
+    python -m benchmarks.speed --gpu --time-limit 480          # full-size random SD1.5, 512x512 and 576x768
+
+For every resolution and N = 1..4 garments it alternates plain and dressed KSampler runs (same model,
+seed, sampler, steps, CFG) and reports medians, the time ratio, the FLOP ratio counted by
+``torch.utils.flop_counter.FlopCounterMode`` over the same runs, their quotient, peak memory above the
+level before the run, the garment feature size, and the encoding time against one plain UNet step
+(batch 2: the cond and uncond rows of one CFG step). Results go to ``benchmarks/results/<label>.json``.
+Timings on a shared machine are noisy: each line is a median of ``--repeats`` runs, and the JSON keeps
+every run and the load average. See docs/PERFORMANCE.md for how to read the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "TQDM_DISABLE": "1"}
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("benchmarks.speed")
+
+
+def _reexec_with_malloc_env():
+    """Large frees must return memory to the OS, or RSS peaks after the first run are invisible."""
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return
+    env = dict(os.environ, **MALLOC_ENV)
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.speed", *sys.argv[1:]], env)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="AnyDressing speed and memory benchmark")
+    p.add_argument("--gpu", action="store_true", help="full-size random SD1.5 on CUDA (512x512 and 576x768)")
+    p.add_argument("--quick", action="store_true", help="smoke run: small resolutions, N=1,2, 2 repeats")
+    p.add_argument("--preset", default=None, help="UNet: tiny preset (smallest/recommended) or sd15")
+    p.add_argument("--res", action="append", default=None, help="WxH, multiples of 64, repeatable (default 128x128, 192x256)")
+    p.add_argument("--n", default="1,2,3,4", help="garment counts, comma separated")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 4 on CPU, 20 on GPU)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per configuration (median; default 3)")
+    p.add_argument("--form", default="auto", choices=["auto", "joint", "separate"])
+    p.add_argument("--attention", default="default", choices=["default", "pytorch", "split"],
+                   help="host attention (default: what ComfyUI picks on this device)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop adding configurations after this")
+    p.add_argument("--label", default=None, help="name of the JSON under benchmarks/results/")
+    p.add_argument("--no-save", action="store_true")
+    ns = p.parse_args(argv)
+    ns.preset = ns.preset or ("sd15" if ns.gpu else ("smallest" if ns.quick else "recommended"))
+    ns.steps = ns.steps or (20 if ns.gpu else (2 if ns.quick else 4))
+    ns.repeats = ns.repeats or (2 if ns.quick else 3)
+    default_res = ["512x512", "576x768"] if ns.gpu else (["128x128", "64x128"] if ns.quick else ["128x128", "192x256"])
+    ns.res = [tuple(int(v) for v in r.lower().split("x")) for r in (ns.res or default_res)]
+    ns.n = [int(v) for v in ("1,2" if ns.quick and ns.n == "1,2,3,4" else ns.n).split(",")]
+    ns.label = ns.label or ("gpu" if ns.gpu else ("quick" if ns.quick else "cpu"))
+    return ns
+
+
+class Bench:
+    def __init__(self, ns):
+        import torch
+
+        from .harness import Host, build_unet, build_vae, conditioning
+
+        self.ns, self.torch = ns, torch
+        self.t_start = time.monotonic()
+        self.host = Host(gpu=ns.gpu, attention=ns.attention)
+        self.cuda = ns.gpu and torch.cuda.is_available()
+        if ns.gpu and not self.cuda:
+            raise SystemExit("--gpu asked for, but torch sees no CUDA device")
+        t0 = time.perf_counter()
+        self.model = build_unet(self.host, ns.preset)
+        self.vae = build_vae(self.host)
+        self.build_s = time.perf_counter() - t0
+        self.pos, self.neg = conditioning(1), conditioning(2)
+        common = self.host.module("nodes.common")
+        self.attn1_modules = common.attn1_modules
+        self.compute_dtype = str(common.compute_dtype(self.model))
+        self.find_shared = self.host.module("nodes.patch").find_shared
+        self.partial = False
+
+    def out_of_time(self) -> bool:
+        lim = self.ns.time_limit
+        if lim is not None and time.monotonic() - self.t_start > lim:
+            self.partial = True
+            return True
+        return False
+
+    def sample(self, model, latent):
+        with self.torch.inference_mode():  # as ComfyUI's executor runs nodes
+            return self.host.run("KSampler", model=model, seed=0, steps=self.ns.steps, cfg=6.0, sampler_name="ddim",
+                                 scheduler="ddim_uniform", positive=self.pos, negative=self.neg, latent_image=latent,
+                                 denoise=1.0)[0]
+
+    def plain_step(self, w, h):
+        """Median time of one plain UNet forward at batch 2 (one CFG step) and the tokens T of each layer."""
+        from .measure import TokenProbe, measure
+
+        torch, mm = self.torch, self.host.mm
+        mm.load_models_gpu([self.model])
+        dm = self.model.model.diffusion_model
+        dev, dt = self.model.load_device, self.model.model.get_dtype()
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(2, 4, h // 8, w // 8, generator=g).to(dev, dt)
+        ctx = torch.randn(2, 77, 768, generator=g).to(dev, dt)
+        ts = torch.full((2,), 500.0, device=dev)
+        probe = TokenProbe(self.attn1_modules(dm))
+
+        def step():
+            with torch.inference_mode():
+                dm(x, timesteps=ts, context=ctx)
+        step()
+        probe.close()
+        s = measure(step, self.ns.repeats, self.cuda)
+        return s, probe.tokens
+
+    def encode(self, n, w, h):
+        from .harness import garment_chain
+        from .measure import measure
+
+        garments = garment_chain(self.host, n)
+        box = {}
+
+        def run():
+            with self.torch.inference_mode():
+                box["f"] = self.host.run("AnyDressingEncodeGarments", model=self.model, vae=self.vae, garments=garments,
+                                         width=w, height=h)[0]
+        run()  # warm-up
+        s = measure(run, max(2, self.ns.repeats // 2 + 1), self.cuda)
+        pixels = self.torch.rand(n, h, w, 3)
+
+        def vae_only():
+            with self.torch.inference_mode():
+                self.vae.encode(pixels)
+        v = measure(vae_only, max(2, self.ns.repeats // 2 + 1), self.cuda)
+        return box["f"], s, v
+
+    def resolution(self, w, h) -> dict:
+        from .measure import count_flops, da_flops, measure
+
+        ns, torch = self.ns, self.torch
+        latent = {"samples": torch.zeros(1, 4, h // 8, w // 8)}
+        log.info("resolution %dx%d: warm-up and plain step", w, h)
+        self.sample(self.model, latent)
+        step, tokens = self.plain_step(w, h)
+        plain_flops = count_flops(lambda: self.sample(self.model, latent))
+        rows = []
+        for n in ns.n:
+            if self.out_of_time():
+                log.warning("time limit reached: skipping N=%d at %dx%d and later", n, w, h)
+                break
+            log.info("  N=%d: encode", n)
+            feats, enc, vae = self.encode(n, w, h)
+            dressed = self.host.run("AnyDressingApply", model=self.model, features=feats, strength=0.7,
+                                    start_percent=0.0, end_percent=1.0, form=ns.form,
+                                    cfg_policy="garments in positive only (paper)")[0]
+            shared = self.find_shared(dressed)
+            self.sample(dressed, latent)  # warm-up
+            calls_one_run = shared.calls
+            dressed_flops = count_flops(lambda: self.sample(dressed, latent))
+            log.info("  N=%d: %d alternating plain/dressed runs", n, ns.repeats)
+            plain_s, dressed_s = self._alternate(lambda: self.sample(self.model, latent),
+                                                 lambda: self.sample(dressed, latent))
+            layers = {k: {"T": tokens[k], "S": int(t.shape[0] * t.shape[1]), "C": int(t.shape[2])}
+                      for k, t in feats.tokens.items()}
+            ana = da_flops(layers, n_rows=1)  # paper CFG policy: garments only in the cond row
+            ratio = dressed_s.median_s / plain_s.median_s
+            pred = dressed_flops / plain_flops
+            feat_bytes = feats.nbytes()
+            rows.append({
+                "n": n, "with": dressed_s.as_dict(), "without": plain_s.as_dict(),
+                "ratio": ratio, "flops_with": dressed_flops, "flops_without": plain_flops, "flop_ratio": pred,
+                "measured_over_predicted": ratio / pred,
+                "overhead_measured_over_predicted": (ratio - 1) / (pred - 1) if pred > 1 else None,
+                "analytic_added_flops_per_run": ns.steps * ana["per_step"] + ana["kv_per_run"],
+                "counted_added_flops_per_run": dressed_flops - plain_flops,
+                "da_calls_per_run": calls_one_run,
+                "features_mib": feat_bytes / 2**20, "features_dtype": str(next(iter(feats.tokens.values())).dtype),
+                "kv_cache_mib": 2 * feat_bytes / 2**20 if feats.kv is None else 0.0,
+                "encode": enc.as_dict(), "vae_encode": vae.as_dict(),
+                "encode_over_step": enc.median_s / step.median_s,
+                "encode_unet_over_step": max(enc.median_s - vae.median_s, 0.0) / step.median_s,
+            })
+            del dressed, shared, feats
+        return {"width": w, "height": h, "plain_step": step.as_dict(), "rows": rows,
+                "memory_fit": self._memory_fit(rows)}
+
+    def _alternate(self, plain, dressed):
+        """Interleave the two so that load changes on a shared machine hit both alike."""
+        from .measure import Sample, measure
+
+        a, b = Sample(), Sample()
+        for _ in range(self.ns.repeats):
+            for fn, acc in ((plain, a), (dressed, b)):
+                s = measure(fn, 1, self.cuda)
+                acc.times += s.times
+                acc.peak_delta += s.peak_delta
+                acc.peak_abs += s.peak_abs
+        return a, b
+
+    @staticmethod
+    def _memory_fit(rows):
+        from .measure import linear_fit
+
+        if len(rows) < 2:
+            return None
+        ns_ = [r["n"] for r in rows]
+        peak = [r["with"]["peak_delta_mib"] for r in rows]
+        total = [r["with"]["peak_delta_mib"] + r["features_mib"] for r in rows]
+        return {"peak_delta_vs_n": linear_fit(ns_, peak), "peak_plus_features_vs_n": linear_fit(ns_, total),
+                "features_mib_per_garment": rows[0]["features_mib"] / rows[0]["n"]}
+
+    def env(self) -> dict:
+        torch = self.torch
+        from .measure import load_average
+
+        try:
+            commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001 - the commit is informative only
+            commit = None
+        return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": commit,
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                "device": torch.cuda.get_device_name() if self.cuda else platform.processor() or "cpu",
+                "attention": self.host.attention_name, "compute_dtype": self.compute_dtype,
+                "load_average_1m": load_average(), "model_build_s": self.build_s,
+                "note": "timings on a shared machine are noisy; medians of repeats, interleaved with/without"}
+
+
+def main(argv=None) -> int:
+    ns = parse_args(argv)
+    _reexec_with_malloc_env()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
+    from .report import print_report
+
+    bench = Bench(ns)
+    result = {"label": ns.label, "settings": {k: v for k, v in vars(ns).items() if k != "no_save"}, "env": bench.env(),
+              "resolutions": []}
+    for w, h in ns.res:
+        if bench.out_of_time():
+            break
+        result["resolutions"].append(bench.resolution(w, h))
+    result["partial"] = bench.partial
+    result["env"]["load_average_1m_end"] = bench.env()["load_average_1m"]
+    result["wall_s"] = time.monotonic() - bench.t_start
+    print_report(result)
+    if not ns.no_save:
+        out = REPO / "benchmarks" / "results" / f"{ns.label}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"saved {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
