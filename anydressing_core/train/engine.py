@@ -48,10 +48,11 @@ class Trainer:
         run = cfg.run
         self.out = Path(run.output_dir)
         self.acc = Accelerator(
+            cpu=not torch.cuda.is_available(),  # accelerate only forms a gloo group for CPU runs when told
             gradient_accumulation_steps=run.grad_accum, mixed_precision=run.mixed_precision,
             log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
-            # GFE LoRA sets of slots absent from a batch get no gradient
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+            # every trainable weight is in each step's graph (DressingTrainModel._touch_all)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         acc = self.acc
         torch.manual_seed(run.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.comp = components or load_components(cfg.model.base)

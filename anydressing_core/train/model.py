@@ -150,4 +150,14 @@ class DressingTrainModel(nn.Module):
         rows = (present & keep.view(-1, 1)).flatten()
         # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
         ctx.features = self.encode_garments(garment_latents, slot_ids, rows) if bool(rows.any()) else {}
-        return self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
+        out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
+        if torch.is_grad_enabled():
+            out = out + 0.0 * self._touch_all()
+        return out
+
+    def _touch_all(self) -> torch.Tensor:
+        """A zero that depends on every trainable weight.  Slots absent from a batch, layers after
+        the last attn1 of GarmentsNet and whole CFG-dropped batches would otherwise leave weights out
+        of the graph: DDP then needs find_unused_parameters (a graph walk per step), and a batch
+        without garments has no gradient to back-propagate at all."""
+        return sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
