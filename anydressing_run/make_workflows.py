@@ -18,7 +18,7 @@ from pathlib import Path
 from .client import ComfyClient
 from .errors import RunnerError
 from .server import PACK_DIR, ComfyServer
-from .uiformat import EXTRA_SCHEMAS, api_to_ui
+from .uiformat import EXTRA_SCHEMAS, api_to_ui, complete_widgets
 from .workflow_specs import THIRD_PARTY, WORKFLOWS
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def render(name: str, object_info: dict) -> tuple:
     missing = sorted({n["class_type"] for n in graph.values()} - set(object_info) - set(EXTRA_SCHEMAS))
     if missing:
         raise RunnerError(f"{name}: node types {missing} are not on the server; is the pack loaded?")
+    complete_widgets(graph, object_info)
     extra = ""
     if name in THIRD_PARTY:
         extra = (f"- **Third-party nodes**: this workflow needs {THIRD_PARTY[name]} (install it with the "

@@ -89,6 +89,27 @@ def extra_values(name, typ, opts) -> list:
     return []
 
 
+def widget_default(typ, opts):
+    """The value a fresh editor widget holds: the ``default`` option, else the first combo choice."""
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(typ, list):
+        return typ[0] if typ else None
+    if typ == "COMBO" and opts.get("options"):
+        return opts["options"][0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(typ)
+
+
+def complete_widgets(graph: dict, object_info: dict) -> dict:
+    """Fill every widget input a graph leaves out with its default, as the editor's "Export (API)" does."""
+    for node in graph.values():
+        info = schema(object_info, node["class_type"])
+        for name, typ, opts in ordered_inputs(info):
+            if is_widget(typ, opts) and name not in node["inputs"]:
+                node["inputs"][name] = widget_default(typ, opts)
+    return graph
+
+
 def _type_name(typ) -> str:
     return "COMBO" if isinstance(typ, list) else typ
 
@@ -128,7 +149,7 @@ def api_to_ui(graph: dict, object_info: dict, note: str | None = None) -> dict:
             if is_widget(typ, opts):
                 if is_link(value):
                     raise ValueError(f"node {nid}: widget input {name!r} driven by a link is not supported here")
-                widgets.append(opts.get("default") if value is None else value)
+                widgets.append(widget_default(typ, opts) if value is None else value)
                 widgets.extend(extra_values(name, typ, opts))
             else:
                 inputs.append({"name": name, "type": _type_name(typ), "link": None})
