@@ -133,11 +133,25 @@ class DressingTrainModel(nn.Module):
 
     def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor) -> Dict[BlockKey, torch.Tensor]:
         """GarmentsNet at t=0 [paper] on the clean latents of the garments in ``rows`` (``[M]`` bool);
-        returns F per layer as ``[M, L, C]`` with zeros on the other rows."""
+        returns F per layer as ``[M, L, C]`` with zeros on the other rows.
+
+        Same as ``GarmentsNet.encode`` except that the slot ids stay set after the call: gradient
+        checkpointing re-runs GarmentsNet blocks during backward, and they must apply the same LoRA.
+        """
+        g = self.garments
         idx = rows.nonzero().flatten()
-        feats = self.garments.encode(latents[idx], [SLOTS[int(i)] for i in slot_ids[idx].tolist()])
+        lat = latents[idx]
+        g._slot_ids = g.gfe.slot_ids([SLOTS[int(i)] for i in slot_ids[idx].tolist()], lat.device)
+        g._recording = {}
+        try:
+            t = torch.zeros(lat.shape[0], device=lat.device)
+            dim = g.unet.config.cross_attention_dim
+            g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim))
+            tokens = {k: g._recording[k] for k in g.keys}
+        finally:
+            g._recording = None
         out = {}
-        for key, t in feats.tokens.items():
+        for key, t in tokens.items():
             full = t.new_zeros((latents.shape[0],) + tuple(t.shape[1:]))
             out[key] = full.index_copy(0, idx, t)
         return out

@@ -141,3 +141,19 @@ def test_latest_checkpoint_ignores_unfinished_ones(tmp_path):
     assert data["state"]["step"] == 5 and torch.equal(data["model"]["w"], torch.ones(2))
     with pytest.raises(AnyDressingError, match="same number of processes"):
         ckpt.load(ckpt.latest_checkpoint(tmp_path), 1)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = _model()
+        if checkpointing:
+            model.garments.unet.enable_gradient_checkpointing()
+            model.dressing_net.enable_gradient_checkpointing()
+        model.train()
+        out = model(**_inputs(), present=torch.tensor([[True, True], [True, False]]), keep=torch.tensor([True, True]))
+        (out.pow(2).mean() + sum(m.mean() for m in model.ctx.maps.values())).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
