@@ -53,6 +53,9 @@ def load(page, workflow: dict) -> None:
     page.keyboard.press("Escape")
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(800)
+    page.mouse.click(800, 600)  # focus the canvas, then fit the whole graph into view for the screenshot
+    page.keyboard.press(".")
+    page.wait_for_timeout(300)
 
 
 def missing_dialog_shown(page) -> bool:
