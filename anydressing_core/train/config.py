@@ -37,6 +37,9 @@ class DatasetSpec:
 @dataclass
 class LossConfig:
     loc_weight: float = 0.01            # [paper] lambda1
+    loc_max_tokens: int = 0             # IGL only on DA layers with at most this many tokens; 0 = all [paper].
+                                        # The maps need explicit fp32 probabilities [B, heads, T, N*T] per layer,
+                                        # ~12 GB per 96x72 layer at batch 4 (docs/TRAINING.md) [choice to offer]
     texture_weight: float = 0.001       # [paper] lambda2; 0 disables GTL (and the VGG16 requirement)
     gtl_max_t: int = 350                # [paper]
     vgg16_path: str = ""                # local torchvision vgg16 weights for DISTS

@@ -59,6 +59,8 @@ class Trainer:
         m = cfg.model
         model = DressingTrainModel(self.comp.unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength,
                                    m.garments_net_trainable)
+        model.ctx.record_maps = cfg.loss.loc_weight > 0
+        model.ctx.maps_max_tokens = cfg.loss.loc_max_tokens
         if m.gradient_checkpointing:
             model.garments.unet.enable_gradient_checkpointing()
             model.dressing_net.enable_gradient_checkpointing()

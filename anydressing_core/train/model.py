@@ -37,6 +37,8 @@ class StepContext:
     strength: float = 1.0
     form: str = "separate"
     maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)  # A_k [B, T, N]
+    record_maps: bool = True                         # IGL needs them; off when its weight is 0
+    maps_max_tokens: int = 0                         # record only layers with T <= this (0: all [paper])
 
 
 def _to_out(attn, o: torch.Tensor) -> torch.Tensor:
@@ -62,20 +64,24 @@ class DATrainProcessor:
         regions = None
         if not bool(ctx.present.all()):
             regions = ctx.present[:, None, :].expand(b, t, n).to(q.dtype)
+        record = ctx.record_maps and (ctx.maps_max_tokens <= 0 or t <= ctx.maps_max_tokens)
         maps = torch.zeros(b, t, n, dtype=torch.float32, device=q.device)
 
         def with_garments(idx):
-            out, m = dressing_attention(
+            res = dressing_attention(
                 q[idx], k[idx], v[idx], gk[idx], gv[idx], attn.heads, [length] * n, strength=ctx.strength,
-                form=ctx.form, regions=None if regions is None else regions[idx], return_maps=True)
-            maps[idx] = m
-            return out
+                form=ctx.form, regions=None if regions is None else regions[idx], return_maps=record)
+            if not record:
+                return res
+            maps[idx] = res[1]
+            return res[0]
 
         def plain(idx):
             return sdpa_attention(q[idx], k[idx], v[idx], attn.heads)
 
         o = select_rows(ctx.keep, with_garments, plain, b)
-        ctx.maps[self.key] = maps
+        if record:
+            ctx.maps[self.key] = maps
         return _to_out(attn, o)
 
 

@@ -53,8 +53,8 @@ def sample_grid(trainer, path: Path, count: int = 2) -> Optional[Path]:
     scale = 2 ** (len(comp.vae.config.block_out_channels) - 1)
     h, w = batch["person"].shape[-2] // scale, batch["person"].shape[-1] // scale
     z = torch.randn(k, 4, h, w, generator=gen).to(dev, trainer.wdtype) * sched.init_noise_sigma
-    old = raw.ctx.strength
-    raw.ctx.strength = STRENGTH
+    old = raw.ctx.strength, raw.ctx.record_maps
+    raw.ctx.strength, raw.ctx.record_maps = STRENGTH, True
     maps = None
     try:
         for i, t in enumerate(sched.timesteps):
@@ -66,7 +66,7 @@ def sample_grid(trainer, path: Path, count: int = 2) -> Optional[Path]:
             z = sched.step(unc + GUIDANCE * (cond - unc), t, z).prev_sample
         out = comp.vae.decode(z / comp.vae.config.scaling_factor).sample
     finally:
-        raw.ctx.strength = old
+        raw.ctx.strength, raw.ctx.record_maps = old
     H, W = batch["person"].shape[-2:]
     rows = []
     for r in range(k):

@@ -157,3 +157,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_maps_can_be_limited_to_coarse_layers_or_switched_off():
+    model, _ = _model()
+    x = dict(**_inputs(), present=torch.ones(2, 2, dtype=torch.bool), keep=torch.tensor([True, True]))
+    model.ctx.maps_max_tokens = 16
+    model(**x)
+    assert model.ctx.maps and all(m.shape[1] <= 16 for m in model.ctx.maps.values())
+    assert len(model.ctx.maps) == 1  # only the 4x4 middle block of the tiny UNet
+    model.ctx.record_maps = False
+    model(**x)
+    assert model.ctx.maps == {}
