@@ -231,7 +231,8 @@ class DAProjections(nn.Module):
     def kv(self, key: BlockKey, f: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``f [B, S, C_in]`` -> ``(K' [B, S, C], V' [B, S, C])``."""
         wk, wv = self.weights(key)
-        return f @ wk.to(f.dtype).t(), f @ wv.to(f.dtype).t()
+        wk, wv = wk.to(device=f.device, dtype=f.dtype), wv.to(device=f.device, dtype=f.dtype)
+        return f @ wk.t(), f @ wv.t()
 
     def project(self, features: GarmentFeatures, dtype=None, device=None) -> GarmentFeatures:
         """A copy of ``features`` with ``kv`` filled for every layer, ``[1, N*L, C]`` each.

@@ -8,7 +8,8 @@ import torch
 from ..anydressing_core.attention import DAForm
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
-from .common import CATEGORY, GARMENT_FEATURES, CFGPolicy, FormOption, attn1_modules, diffusion_model_of
+from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, CFGPolicy, FormOption, attn1_modules, diffusion_model_of
+from .loader import adapter_features
 from .patch import DressingReplace, DressingShared
 
 
@@ -34,7 +35,7 @@ def check_features(model_modules: dict, features: GarmentFeatures):
 
 
 def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent=1.0, form=FormOption.AUTO,
-                   cfg_policy=CFGPolicy.PAPER, region_masks=None):
+                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None):
     if not isinstance(features, GarmentFeatures):
         raise AnyDressingError(f"'features' must come from Encode Garments (got {type(features).__name__})")
     if features.count == 0:
@@ -50,6 +51,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         raise AnyDressingError(f"unknown cfg_policy {cfg_policy!r}; use one of {CFGPolicy.ALL}")
     modules = attn1_modules(diffusion_model_of(model, "model"))
     check_features(modules, features)
+    features = adapter_features(adapter, features, model)  # checks the adapter fits; K'/V' only if not encoded with it
     regions = None
     if region_masks is not None:
         if not torch.is_tensor(region_masks) or region_masks.ndim not in (2, 3):
@@ -117,14 +119,17 @@ class AnyDressingApply:
                                                           "together. 'both' also dresses the negative branch."}),
             },
             "optional": {
+                "adapter": (ANYDRESSING, {"tooltip": "Optional, from AnyDressing Loader: checks the weights fit this MODEL and "
+                                                     "projects K'/V' if the features were encoded without it."}),
                 "region_masks": ("MASK", {"tooltip": "Optional: one mask per garment (chain order) on the output image. Pixels "
                                                      "inside garment k's region attend only to garment k (training-free "
                                                      "localization)."}),
             },
         }
 
-    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None):
-        return (apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks),)
+    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None, adapter=None):
+        return (apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks,
+                               adapter),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingApply": AnyDressingApply}

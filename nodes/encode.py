@@ -13,7 +13,8 @@ import comfy.utils
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.garments import GarmentList, prepare_garment
-from .common import CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
+from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
+from .loader import adapter_encode_options, adapter_features
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def check_vae(vae, model):
         )
 
 
-def encode_garments(model, vae, garments: GarmentList, width: int, height: int) -> GarmentFeatures:
+def encode_garments(model, vae, garments: GarmentList, width: int, height: int, adapter=None) -> GarmentFeatures:
     if not isinstance(garments, GarmentList) or len(garments) == 0:
         raise AnyDressingError("no garments: connect at least one AnyDressing Garment node to 'garments'")
     if width % 64 or height % 64 or not (64 <= width <= 2048 and 64 <= height <= 2048):
@@ -102,6 +103,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int) 
         kwargs["y"] = torch.zeros(n, int(adm), device=device, dtype=dtype)  # no text, no size conditioning
     recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
+    # trained weights: each garment row gets its slot's GFE LoRA (issue 4; nodes/loader.py)
+    options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys)
     with torch.inference_mode():
         dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device, dtype=dtype),
            transformer_options=options, **kwargs)
@@ -112,12 +115,14 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int) 
     tokens = {k: recorder.tokens[k].to(device=store, dtype=dtype).clone() for k in keys}
     log.info("AnyDressing: encoded %d garments at %dx%d into %d layers (%.1f MiB)", n, width, height, len(keys),
              sum(t.numel() * t.element_size() for t in tokens.values()) / 2**20)
-    return GarmentFeatures(
+    features = GarmentFeatures(
         tokens=tokens,
         slots=[g.slot for g in garments.items],
         weights=[g.weight for g in garments.items],
         names=[g.name for g in garments.items],
     )
+    # trained Wk'/Wv': K'/V' once per encode, never per step (issue 4); also sets the weights' DA form
+    return adapter_features(adapter, features, model, dtype=dtype)
 
 
 class AnyDressingEncodeGarments:
@@ -144,10 +149,14 @@ class AnyDressingEncodeGarments:
                 "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64,
                                    "tooltip": "Height each garment is encoded at (the paper uses 3:4 portraits)."}),
             },
+            "optional": {
+                "adapter": (ANYDRESSING, {"tooltip": "Optional, from AnyDressing Loader (connect its garments_net to model): "
+                                                     "garment LoRA per slot and trained K'/V' projections. Empty = zero-shot."}),
+            },
         }
 
-    def encode(self, model, vae, garments, width, height):
-        return (encode_garments(model, vae, garments, width, height),)
+    def encode(self, model, vae, garments, width, height, adapter=None):
+        return (encode_garments(model, vae, garments, width, height, adapter),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingEncodeGarments": AnyDressingEncodeGarments}

@@ -136,3 +136,35 @@ def test_encode_options_install_gfe_hooks_without_touching_the_model(host, base,
     errors = host.module("anydressing_core.errors")
     with pytest.raises(errors.AnyDressingError, match="'hat'"):
         loader.adapter_encode_options(adapter, {}, ["hat"], keys)
+
+
+def test_encode_and_apply_take_the_adapter(host, base, saved):
+    from helpers import garment_image
+
+    errors = host.module("anydressing_core.errors")
+    model, clip, vae = base
+    gnet, adapter = host.run("AnyDressingLoader", anydressing_name="trained.safetensors", model=model)
+    chain = host.run("AnyDressingGarment", image=garment_image((0.9, 0.1, 0.1)), slot="upper", weight=1.0)[0]
+    feats = host.run("AnyDressingEncodeGarments", model=gnet, vae=vae, garments=chain, width=64, height=64,
+                     adapter=adapter)[0]
+    assert feats.form == "separate" and set(feats.kv) == set(feats.tokens)  # K'/V' once, at encode
+    key = next(iter(feats.tokens))
+    wk, _ = adapter.projections.weights(key)
+    torch.testing.assert_close(feats.kv[key][0].float(), feats.flat(key).float() @ wk.float().t(), rtol=1e-4, atol=1e-5)
+    patched = host.run("AnyDressingApply", model=model, features=feats, strength=0.7, start_percent=0.0, end_percent=1.0,
+                       form="auto", cfg_policy="garments in positive only (paper)", adapter=adapter)[0]
+    assert patched is not model
+    hat = host.run("AnyDressingGarment", image=garment_image((0.1, 0.9, 0.1)), slot="hat", weight=1.0, garments=chain)[0]
+    with pytest.raises(errors.AnyDressingError, match=r"'hat'.*\['upper', 'lower'\]"):
+        host.run("AnyDressingEncodeGarments", model=gnet, vae=vae, garments=hat, width=64, height=64, adapter=adapter)
+
+
+def test_ldm_config_from_diffusers_matches_comfys_own(host, base):
+    keys = host.module("anydressing_core.keys")
+    theirs = base[0].model.model_config.unet_config
+    ours = keys.ldm_unet_config(TINY_DIFFUSERS)
+    for name in ("num_res_blocks", "channel_mult", "transformer_depth", "transformer_depth_output",
+                 "transformer_depth_middle", "model_channels", "context_dim", "in_channels"):
+        assert list(ours[name]) == list(theirs[name]) if isinstance(ours[name], list) else ours[name] == theirs[name], name
+    comfy_keys = set(host.module("nodes.common").attn1_modules(base[0].model.diffusion_model))
+    assert set(keys.diffusers_layer_keys(TINY_DIFFUSERS).values()) == comfy_keys

@@ -12,7 +12,6 @@ Measured on CPU fp32 (2026-11-29): features 1.4e-6, K'/V' included, and noise pr
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 
 import numpy as np
@@ -39,9 +38,7 @@ def setup(host, tiny_model_names, tmp_path_factory):
     unet = diffusers_unet_from_comfy(host, model)
     adapter, _, _ = make_adapter(host, unet, seed=7, slots=SLOTS)
     adapter.save(str(folder / "parity.safetensors"))
-    garments_net, comfy_adapter = host.run("AnyDressingLoader", anydressing_name="parity.safetensors", model=model) \
-        if "AnyDressingLoader" in host.nodes.NODE_CLASS_MAPPINGS else \
-        host.module("nodes.loader").AnyDressingLoader().load("parity.safetensors", model=model)
+    garments_net, comfy_adapter = host.run("AnyDressingLoader", anydressing_name="parity.safetensors", model=model)
     pos = host.run("CLIPTextEncode", clip=clip, text="a person wearing a shirt")[0]
     neg = host.run("CLIPTextEncode", clip=clip, text="")[0]
     chain = None
@@ -52,22 +49,10 @@ def setup(host, tiny_model_names, tmp_path_factory):
                 pos=pos, neg=neg, chain=chain)
 
 
-def comfy_features(host, s, monkeypatch, size=64):
-    """Encode Garments with the adapter; until encode.py takes `adapter`, route it through loader.py's hooks."""
-    encode = host.module("nodes.encode")
-    loader = host.module("nodes.loader")
-    if "adapter" in inspect.signature(encode.encode_garments).parameters:
-        return host.run("AnyDressingEncodeGarments", model=s["garments_net"], vae=s["vae"], garments=s["chain"],
-                        width=size, height=size, adapter=s["adapter"])[0]
-    original = encode.garments_net_options
-    slots = [g.slot for g in s["chain"].items]
-
-    def with_adapter(model, recorder, keys):
-        return loader.adapter_encode_options(s["adapter"], original(model, recorder, keys), slots, keys)
-
-    monkeypatch.setattr(encode, "garments_net_options", with_adapter)
-    feats = encode.encode_garments(s["garments_net"], s["vae"], s["chain"], size, size)
-    return loader.adapter_features(s["adapter"], feats, s["model"], dtype=torch.float32)
+def comfy_features(host, s, size=64):
+    """Encode Garments with the GarmentsNet MODEL and the adapter from AnyDressing Loader."""
+    return host.run("AnyDressingEncodeGarments", model=s["garments_net"], vae=s["vae"], garments=s["chain"],
+                    width=size, height=size, adapter=s["adapter"])[0]
 
 
 def diffusers_features(host, s, size=64):
@@ -88,9 +73,9 @@ def diffusers_features(host, s, size=64):
     return full.project(feats, dtype=torch.float32), full, no_gfe
 
 
-def test_garment_features_and_noise_prediction_match(host, setup, monkeypatch):
+def test_garment_features_and_noise_prediction_match(host, setup):
     s = setup
-    cf = comfy_features(host, s, monkeypatch)
+    cf = comfy_features(host, s)
     df, full, no_gfe = diffusers_features(host, s)
     assert max(rel_err(cf.tokens[k], no_gfe.tokens[k]) for k in df.tokens) > 10 * TOL  # the GFE LoRA matters
     assert cf.form == df.form == "separate"
@@ -103,7 +88,8 @@ def test_garment_features_and_noise_prediction_match(host, setup, monkeypatch):
 
     # ComfyUI: Apply AnyDressing + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
     patched = host.run("AnyDressingApply", model=s["model"], features=cf, strength=0.7, start_percent=0.0,
-                       end_percent=1.0, form="auto", cfg_policy="garments in positive only (paper)")[0]
+                       end_percent=1.0, form="auto", cfg_policy="garments in positive only (paper)",
+                       adapter=s["adapter"])[0]
     records = []
 
     def wrapper(apply_model, args):
