@@ -115,7 +115,7 @@ def _type_name(typ) -> str:
 
 
 def _layout(graph: dict) -> dict:
-    """Column = longest path from a source node; rows in id order. Returns ``{node_id: (col, row)}``."""
+    """Column = longest path from a source node; within a column, nodes in id order. ``{node_id: (col, index)}``."""
     depth = {}
 
     def d(nid, seen=()):
@@ -134,11 +134,19 @@ def _layout(graph: dict) -> dict:
     return place
 
 
+def _height(class_type: str, sockets: int, widgets: int) -> int:
+    """Rough node height in the editor (pixels at zoom 1); pictures get room for their preview."""
+    preview = 260 if class_type in ("LoadImage", "LoadImageMask", "SaveImage", "PreviewImage") else 0
+    text = 90 if class_type == "CLIPTextEncode" else 0
+    return 46 + 22 * (sockets + widgets) + preview + text
+
+
 def api_to_ui(graph: dict, object_info: dict, note: str | None = None) -> dict:
     """A UI-format workflow for an API graph (node ids kept), laid out left to right by depth."""
     place = _layout(graph)
     nodes, links = [], []
     ui_nodes = {}
+    column_top = {}
     order = sorted(graph, key=lambda k: (place[k][0], int(k)))
     for index, nid in enumerate(order):
         node = graph[nid]
@@ -157,9 +165,11 @@ def api_to_ui(graph: dict, object_info: dict, note: str | None = None) -> dict:
             widgets.append("image")
         outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
                    for i, (t, n) in enumerate(zip(info["output"], info.get("output_name") or info["output"]))]
-        col, row = place[nid]
-        height = 60 + 24 * (len(inputs) + len(widgets)) + (160 if node["class_type"] in ("LoadImage", "SaveImage") else 0)
-        ui = {"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * col, 40 + 300 * row],
+        col, _ = place[nid]
+        height = _height(node["class_type"], max(len(inputs), len(outputs)), len(widgets))
+        top = column_top.get(col, 40)
+        column_top[col] = top + height + 50
+        ui = {"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * col, top],
               "size": [330, height], "flags": {}, "order": index, "mode": 0, "inputs": inputs, "outputs": outputs,
               "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}
         title = (node.get("_meta") or {}).get("title")

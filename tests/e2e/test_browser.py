@@ -33,7 +33,7 @@ def page(e2e_server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+        pg = browser.new_page(viewport={"width": 2560, "height": 1440})
         pg.errors = []
         pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
         pg.goto(e2e_server.url)
@@ -53,8 +53,9 @@ def load(page, workflow: dict) -> None:
     page.keyboard.press("Escape")
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
     page.wait_for_timeout(800)
-    page.mouse.click(800, 600)  # focus the canvas, then fit the whole graph into view for the screenshot
-    page.keyboard.press(".")
+    # show the whole graph, above LiteGraph's low-quality zoom threshold (0.6), for the screenshot
+    page.evaluate("""() => { const ds = window.app.canvas.ds; ds.scale = 0.62; ds.offset = [30, 300];
+                             window.app.canvas.setDirty(true, true); }""")
     page.wait_for_timeout(300)
 
 
