@@ -237,5 +237,14 @@ def run_workflow(graph: dict, client: ComfyClient, subs: Substitutions, output_d
         raise
     log.info("queued prompt %s", prompt_id)
     bar = ProgressBar(final) if progress else None
-    entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
+    try:
+        entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
+    except KeyboardInterrupt:
+        # stop the server's work too: drop the prompt if still queued, interrupt it if running
+        try:
+            client.post_json("/queue", {"delete": [prompt_id]})
+            client.post_json("/interrupt", {"prompt_id": prompt_id})  # only ours, on a shared server
+        except (RunnerError, OSError):
+            pass
+        raise
     return save_outputs(client, final, entry, Path(output_dir), stem)

@@ -8,6 +8,7 @@ holding a symlink to the pack) [choice: never writes into the user's ComfyUI fol
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -191,6 +192,7 @@ class ComfyServer:
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=logfile, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         logfile.close()
+        atexit.register(self.stop)  # never leave an orphan server behind, even when the caller forgets
         try:
             self._wait_ready()
         except BaseException:
