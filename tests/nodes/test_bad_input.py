@@ -411,6 +411,140 @@ def test_zz_normal_run_after_all_bad_inputs_is_unchanged(g, before):
 def test_catalogue_lists_every_case():
     """Every case id used here appears in docs/BAD_INPUT.md."""
     text = DOC.read_text()
-    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | {f"B{i:02d}" for i in range(12, 38)}
+    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | set(BAD_FILES) | {f"B{i:02d}" for i in range(12, 51)} | {"A12"}
     missing = sorted(i for i in ids if i not in text)
     assert not missing, f"docs/BAD_INPUT.md lacks {missing}"
+
+
+# ---------------------------------------------------------------- Load AnyDressing Weights (weight files)
+
+class Evil:
+    """Unpickling this runs ``os.mkdir(marker)``: the proof that a loader executed code from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def weights(host, g, tmp_path_factory):
+    """A folder registered as models/anydressing holding one valid file and every kind of bad one; a valid file
+    OUTSIDE it (for path traversal); the marker an executed pickle would create."""
+    import struct
+
+    ckpt = host.module("anydressing_core.checkpoint")
+    common = host.module("nodes.common")
+    root = tmp_path_factory.mktemp("weights")
+    folder = root / "anydressing"
+    folder.mkdir()
+    layers = common.attn1_modules(g.model.model.diffusion_model)
+    tensors = {}
+    for key, module in layers.items():
+        c = module.to_k.in_features
+        s = f"{key[0]}.{key[1]}.{key[2]}"
+        tensors[f"da.{s}.to_k"] = torch.eye(c)
+        tensors[f"da.{s}.to_v"] = torch.eye(c)
+    meta = ckpt.CheckpointMeta(base="sd15", layers=list(layers))
+    ckpt.save_checkpoint(str(folder / "valid.safetensors"), tensors, meta)
+    ckpt.save_checkpoint(str(root / "outside.safetensors"), tensors, meta)
+    data = (folder / "valid.safetensors").read_bytes()
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / "header_only.safetensors").write_bytes(data[: 8 + struct.unpack("<Q", data[:8])[0]])
+    (folder / "random.safetensors").write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    (folder / "huge_header.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    flipped = bytearray(data)
+    flipped[8:40] = b"#" * 32  # the JSON header, corrupted
+    (folder / "corrupted_header.safetensors").write_bytes(bytes(flipped))
+    from safetensors.torch import save_file
+
+    save_file({"encoder.weight": torch.zeros(4, 4)}, str(folder / "foreign.safetensors"))
+    save_file(tensors, str(folder / "newer.safetensors"), metadata={**meta.to_strings(), "anydressing.format_version": "999"})
+    marker = root / "PWNED"
+    torch.save({"w": torch.zeros(2), "x": Evil(marker)}, str(folder / "pickle_renamed.safetensors"))
+    torch.save({"w": torch.zeros(2), "x": Evil(marker)}, str(folder / "evil.pth"))
+    (folder / "sd15_checkpoint.safetensors").symlink_to(Path(host.folder_paths.get_full_path("checkpoints", g.names["checkpoint"])))
+    host.folder_paths.add_model_folder_path("anydressing", str(folder))
+    return {"folder": folder, "root": root, "marker": marker}
+
+
+@pytest.fixture
+def loads(host, monkeypatch):
+    """Spies on the heavy part of loading: full tensor reads and ComfyUI UNet construction."""
+    import comfy.sd
+
+    ckpt = host.module("anydressing_core.checkpoint")
+    seen = {"tensors": 0, "unet": 0}
+    read = ckpt.read_safetensors
+
+    def spy_read(path, load=True):
+        seen["tensors"] += bool(load)
+        return read(path, load)
+
+    build = comfy.sd.load_diffusion_model_state_dict
+
+    def spy_build(*a, **k):
+        seen["unet"] += 1
+        return build(*a, **k)
+
+    monkeypatch.setattr(ckpt, "read_safetensors", spy_read)
+    monkeypatch.setattr(comfy.sd, "load_diffusion_model_state_dict", spy_build)
+    return seen
+
+
+def load(host, name, model=None):
+    return host.run("AnyDressingLoader", anydressing_name=name, **({} if model is None else {"model": model}))
+
+
+BAD_FILES = {
+    "B38": ("empty file (0 bytes)", "empty.safetensors", "empty.safetensors \\(0 bytes\\) is not a readable safetensors"),
+    "B39": ("truncated file (first half)", "truncated.safetensors", "truncated.safetensors .* truncated, corrupted"),
+    "B40": ("header without the tensor data", "header_only.safetensors", "not a readable safetensors"),
+    "B41": ("random bytes", "random.safetensors", "not a readable safetensors"),
+    "B42": ("header length of 1 TiB", "huge_header.safetensors", "not a readable safetensors"),
+    "B43": ("corrupted JSON header", "corrupted_header.safetensors", "not a readable safetensors"),
+    "B44": ("foreign safetensors (unknown keys)", "foreign.safetensors", "not an AnyDressing checkpoint.*convert"),
+    "B45": ("a full SD1.5 checkpoint in the wrong folder", "sd15_checkpoint.safetensors", "not an AnyDressing checkpoint"),
+    "B46": ("a newer format version", "newer.safetensors", "format version 999; this pack reads up to .*Update"),
+    "B47": ("a pickle renamed .safetensors (would run code)", "pickle_renamed.safetensors", "not a readable safetensors.*convert"),
+    "B48": ("a .pth pickle asked for by name (would run code)", "evil.pth", "not a readable safetensors.*convert"),
+    "B49": ("a name that is not there", "missing.safetensors", "'missing.safetensors' is not in any anydressing folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_weight_files_are_refused_before_loading(host, g, heavy, weights, loads, case):
+    _, name, match = BAD_FILES[case]
+    refused(heavy, lambda: load(host, name, model=g.model), match)
+    assert loads == {"tensors": 0, "unet": 0}, f"tensors were read or a UNet was built before the error: {loads}"
+    assert not weights["marker"].exists(), "loading a weight file executed code"
+
+
+TRAVERSAL = ["../outside.safetensors", "../../anydressing/../outside.safetensors", "sub/../../outside.safetensors",
+             "{root}/outside.safetensors", "..\\outside.safetensors", "%2e%2e/outside.safetensors"]
+
+
+@pytest.mark.parametrize("pattern", TRAVERSAL)
+def test_b50_model_names_with_path_traversal_stay_in_the_folder(host, g, heavy, weights, loads, pattern):
+    """A valid checkpoint sits next to the models folder; no name reaches it (ComfyUI's get_full_path confines
+    names to the registered folders; the loader takes nothing else)."""
+    name = pattern.format(root=weights["root"])
+    refused(heavy, lambda: load(host, name, model=g.model), "is not in any anydressing folder")
+    assert loads == {"tensors": 0, "unet": 0}
+
+
+def test_valid_weight_file_still_loads_after_the_bad_ones(host, g, weights):
+    """A12: the host is usable: the valid file loads and its adapter takes part in a run."""
+    garments_net, adapter = load(host, "valid.safetensors", model=g.model)
+    assert garments_net.model is g.model.model
+    feats = host.run("AnyDressingEncodeGarments", model=garments_net, vae=g.vae, garments=garment(host, rgb()),
+                     width=64, height=64, adapter=adapter)[0]
+    assert feats.kv is not None  # K'/V' projected by the file's weights
+    out = g.sample(host.run("AnyDressingApply", model=g.model, features=feats, strength=0.7, start_percent=0.0,
+                            end_percent=1.0, form="auto", cfg_policy=PAPER, adapter=adapter)[0], steps=1)
+    assert torch.isfinite(out).all()
+    assert not weights["marker"].exists()
