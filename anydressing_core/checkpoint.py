@@ -391,12 +391,13 @@ def load_checkpoint(path: str, load_garments_net: bool = True) -> AnyDressingAda
     return AnyDressingAdapter.from_tensors(tensors, meta, name, path)
 
 
-def export(garments_net=None, dressing=None, *, base: str = "sd15", default_lambda: float = 0.7,
+def export(garments_net=None, dressing=None, *, base: Optional[str] = None, default_lambda: float = 0.7,
            form: Optional[str] = None, provenance: Optional[dict] = None, include_unet: bool = True,
            licence: str = "") -> AnyDressingAdapter:
     """Adapter from trained diffusers pieces (:mod:`.diffusers_model` GarmentsNet / DressingAttention).
 
     ``adapter.save(path)`` writes it.  The GarmentsNet UNet is stored with its diffusers keys.
+    ``base`` defaults to the GarmentsNet UNet's shape (:func:`.keys.base_shape`), else ``"sd15"``.
     """
     layers = list(garments_net.keys if garments_net is not None else dressing.keys)
     gfe = garments_net.gfe if garments_net is not None else None
@@ -405,10 +406,14 @@ def export(garments_net=None, dressing=None, *, base: str = "sd15", default_lamb
     if garments_net is not None:
         context = garments_net.context
         unet_config = dict(garments_net.unet.config)
+        if base is None:
+            from .keys import base_shape
+
+            base = base_shape(garments_net.unet.config)
         if include_unet:
             unet_sd = {k: v.detach() for k, v in garments_net.unet.state_dict().items()}
     meta = CheckpointMeta(
-        base=base, layers=layers, slots=list(gfe.slots) if gfe else [], lora_rank=gfe.rank if gfe else 0,
+        base=base or "sd15", layers=layers, slots=list(gfe.slots) if gfe else [], lora_rank=gfe.rank if gfe else 0,
         lora_alpha=gfe.alpha if gfe else 0.0, lora_targets=list(gfe.targets) if gfe else list(LORA_TARGETS),
         default_lambda=default_lambda, form=form or (dressing.form if dressing is not None else DAForm.SEPARATE),
         garments_net_context=context, unet_config=_jsonable(unet_config), provenance=provenance or {}, licence=licence)

@@ -131,8 +131,9 @@ def test_metadata_problems(saved, tmp_path):
 
 
 def test_sdxl_adapter_on_sd15_model_and_the_reverse():
-    xl, xl_unet = trained_adapter(XL_LIKE, base="sdxl", include_unet=False)
-    sd, sd_unet = trained_adapter(SD_LIKE, include_unet=False)
+    xl, xl_unet = trained_adapter(XL_LIKE, base=None, include_unet=False)
+    sd, sd_unet = trained_adapter(SD_LIKE, base=None, include_unet=False)
+    assert (xl.meta.base, sd.meta.base) == ("sdxl", "sd15")  # inferred from the UNet config
     with pytest.raises(AnyDressingError, match=r"sdxl UNet with 28 self-attention layers.*has 4"):
         xl.check_layers(unet_channels(sd_unet))
     with pytest.raises(AnyDressingError, match=r"sd15 UNet with 4 self-attention layers.*has 28 \(SDXL\)"):
