@@ -54,9 +54,14 @@ class Trainer:
             # every trainable weight is in each step's graph (DressingTrainModel._touch_all)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         acc = self.acc
+        m = cfg.model
+        records = build_records(cfg)
+        needed = sorted({g.slot for r in records for g in r.garments} - set(m.slots))
+        if needed:
+            raise AnyDressingError(f"the dataset has garments of slot(s) {needed} but model.slots is {m.slots}; "
+                                   f"add them (model.slots=[{', '.join(m.slots + needed)}]) so each gets a GFE LoRA set")
         torch.manual_seed(run.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.comp = components or load_components(cfg.model.base)
-        m = cfg.model
         model = DressingTrainModel(self.comp.unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength,
                                    m.garments_net_trainable)
         model.ctx.record_maps = cfg.loss.loc_weight > 0
@@ -83,7 +88,7 @@ class Trainer:
         self.raw = acc.unwrap_model(self.model)
         self.n_params = sum(p.numel() for p in params)
 
-        self.dataset = DressingDataset(build_records(cfg), cfg.data, seed=run.seed)
+        self.dataset = DressingDataset(records, cfg.data, seed=run.seed)
         self.sampler = ResumableSampler(len(self.dataset), run.batch_size, acc.num_processes, acc.process_index,
                                         seed=run.seed)
         self.loader = DataLoader(self.dataset, batch_size=run.batch_size, sampler=self.sampler, collate_fn=collate,

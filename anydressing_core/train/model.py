@@ -180,4 +180,4 @@ class DressingTrainModel(nn.Module):
         the last attn1 of GarmentsNet and whole CFG-dropped batches would otherwise leave weights out
         of the graph: DDP then needs find_unused_parameters (a graph walk per step), and a batch
         without garments has no gradient to back-propagate at all."""
-        return sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
+        return sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)

@@ -9,6 +9,15 @@ from anydressing_core import losses as L
 from anydressing_core.errors import AnyDressingError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_ldm_loss_is_mean_squared_noise_error():
     pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     assert L.ldm_loss(pred, torch.zeros(2, 2)).item() == pytest.approx((1 + 4 + 9 + 16) / 4)

@@ -11,6 +11,15 @@ from anydressing_core.train.config import load_config
 from anydressing_core.train.tiny import tiny_overrides, tiny_unet, write_dataset, write_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
@@ -169,3 +178,12 @@ def test_maps_can_be_limited_to_coarse_layers_or_switched_off():
     model.ctx.record_maps = False
     model(**x)
     assert model.ctx.maps == {}
+
+
+def test_a_slot_without_a_lora_set_is_refused_before_training(tiny):
+    from anydressing_core.train.engine import Trainer
+
+    cfg = load_config(None, tiny_overrides(tiny["root"] / "noslot", tiny["model"], tiny["manifest"])
+                      + ["model.slots=[upper]"])
+    with pytest.raises(AnyDressingError, match=r"slot\(s\) \['lower'\]"):
+        Trainer(cfg)
