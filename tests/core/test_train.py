@@ -187,3 +187,16 @@ def test_a_slot_without_a_lora_set_is_refused_before_training(tiny):
                       + ["model.slots=[upper]"])
     with pytest.raises(AnyDressingError, match=r"slot\(s\) \['lower'\]"):
         Trainer(cfg)
+
+
+def test_resume_with_gradient_accumulation_is_exact_in_process(tiny):
+    from anydressing_core.train.engine import Trainer
+
+    base = tiny_overrides(tiny["root"] / "acc", tiny["model"], tiny["manifest"]) + [
+        "run.grad_accum=2", "run.checkpoint_every=1", "run.keep_checkpoints=5", "run.max_steps=3"]
+    full = Trainer(load_config(None, base)).run()
+    tr = Trainer(load_config(None, base), resume=str(tiny["root"] / "acc" / "checkpoints" / "step_00000001"))
+    assert (tr.step, tr.batches_done) == (1, 2)  # continues after 1 step = 2 micro-batches
+    resumed = tr.run()
+    assert resumed["step"] == 3
+    assert resumed["weight_digest"] == full["weight_digest"]

@@ -100,3 +100,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny):
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, differ[:5]
+
+
+def test_bf16_gradient_checkpointing_and_accumulation_run(tiny):
+    out = tiny["root"] / "bf16"
+    p = subprocess.run(_train_cmd(*tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.max_steps=2",
+                                  "run.mixed_precision=bf16", "model.gradient_checkpointing=true", "run.grad_accum=2",
+                                  "run.checkpoint_every=0"),
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    res = _result(p.stdout)
+    assert res["step"] == 2 and all(map(lambda v: v == v, [res["total"], res["ldm"]]))  # finite, not NaN
+    assert (out / "anydressing.safetensors").is_file()
