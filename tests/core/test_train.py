@@ -200,3 +200,27 @@ def test_resume_with_gradient_accumulation_is_exact_in_process(tiny):
     resumed = tr.run()
     assert resumed["step"] == 3
     assert resumed["weight_digest"] == full["weight_digest"]
+
+
+def test_training_forward_equals_the_inference_processors():
+    """What the trainer optimises is what diffusers_model (and the nodes) run at inference."""
+    import copy
+
+    from anydressing_core.diffusers_model import install_dressing_attention
+    from anydressing_core.train.model import DressingTrainModel
+
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    infer_unet = copy.deepcopy(unet)
+    model = DressingTrainModel(unet, ["upper", "lower"], rank=4, alpha=4)
+    with torch.no_grad():  # make the trained parts differ from their initial copies
+        for p in list(model.da.parameters()) + list(model.garments.gfe.parameters()):
+            p.add_(0.05 * torch.randn_like(p))
+    x = _inputs(b=1)
+    with torch.no_grad():
+        out = model(**x, present=torch.ones(1, 2, dtype=torch.bool), keep=torch.tensor([True]))
+        da = install_dressing_attention(infer_unet, projections=model.da, form="separate")
+        feats = model.garments.encode(x["garment_latents"], ["upper", "lower"])
+        with da.use(feats, strength=1.0):
+            ref = infer_unet(x["noisy"], x["timesteps"], encoder_hidden_states=x["text"]).sample
+    assert torch.allclose(out, ref, atol=1e-5)
