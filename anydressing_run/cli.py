@@ -153,16 +153,19 @@ def cmd_list(ns) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anydressing-run", description=__doc__.splitlines()[0],
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                        help="log what the runner does (the server command line, uploads, prompt ids)")
+    p = argparse.ArgumentParser(prog="anydressing-run", description=__doc__.splitlines()[0], parents=[common],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--verbose", "-v", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an API workflow")
+    run = sub.add_parser("run", help="run an API workflow", parents=[common])
     run.add_argument("workflow", help="API workflow file, or a shipped name (see 'list')")
     add_run_args(run)
     add_server_args(run)
     run.set_defaults(func=cmd_run)
-    demo = sub.add_parser("demo", help="dress sample garments with the multi-garment workflow, no downloads")
+    demo = sub.add_parser("demo", help="dress sample garments with the multi-garment workflow, no downloads",
+                          parents=[common])
     from .demo import add_demo_args, cmd_demo
 
     add_demo_args(demo)
@@ -175,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     ns = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(message)s")
+    verbose = getattr(ns, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
         return ns.func(ns)
     except RunnerError as exc:

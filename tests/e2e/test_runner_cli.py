@@ -119,3 +119,17 @@ def test_demo_runs_offline_and_says_noise(tmp_path, tiny_files):
     assert (out / "demo_result_00.png").is_file() and (out / "demo_attention_maps_00.png").is_file()
     assert str(out / "demo_result_00.png") in proc.stdout
     assert (out / "inputs" / "anydressing_hat.png").is_file()
+
+
+@pytest.mark.slow
+def test_run_starts_its_own_server_with_model_files_given_as_paths(samples, tiny_files, tmp_path):
+    """No --server: the runner starts a headless ComfyUI (CPU here), registers the folders of the checkpoint
+    and LoRA files it was given, runs, saves, and stops the server."""
+    out = tmp_path / "out"
+    proc = runner("run", "lora", "--checkpoint", tiny_files["checkpoint"], "--lora", tiny_files["lora"],
+                  "--cpu", "--output", out, "--quiet", "--steps", 2, "--width", 64, "--height", 64,
+                  "--garment-size", "64x64", "--garment", f"upper={samples['anydressing_upper.png']}",
+                  "--garment", f"lower={samples['anydressing_lower.png']}", "--verbose")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--cpu" in proc.stderr and "starting ComfyUI" in proc.stderr  # --verbose logs the command
+    assert (out / "anydressing_lora_result_00.png").is_file()
