@@ -88,9 +88,15 @@ def write_main(tmp: Path, model_state: Dict[str, torch.Tensor], optimizer_state,
 def commit(tmp: Path, keep: int) -> Path:
     """Rename the finished temp folder to its final name; keep only the newest ``keep`` checkpoints."""
     final = tmp.with_name(tmp.name[1:-len(".tmp")])
-    if final.exists():
-        shutil.rmtree(final)
+    old = None
+    if final.exists():  # same step written again (resumed from an older checkpoint): never delete before replacing
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
     os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     root = final.parent
     done = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)))
     for _, old in done[:-keep] if keep > 0 else []:
