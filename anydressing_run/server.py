@@ -59,6 +59,10 @@ def pack_installed_in(comfyui: Path) -> bool:
         try:
             if entry.resolve() == PACK_DIR:
                 return True
+            # a separate copy of the pack (e.g. a git clone): use it rather than loading the nodes twice
+            if (entry / "anydressing_run" / "__init__.py").is_file() and (entry / "nodes" / "apply.py").is_file():
+                log.warning("using the copy of ComfyUI-AnyDressing installed at %s", entry)
+                return True
         except OSError:
             continue
     return False
@@ -152,8 +156,11 @@ class ComfyServer:
             cmd.append("--cpu")
         if self.base_directory:
             cmd += ["--base-directory", str(self.base_directory)]
-        if self.output_directory:
-            cmd += ["--output-directory", str(self.output_directory)]
+        # [choice] a started server saves into its temporary work folder: the runner downloads what it needs,
+        # and the user's ComfyUI/output is not filled with test and demo pictures
+        output = self.output_directory or (None if self.base_directory else self.work / "output")
+        if output:
+            cmd += ["--output-directory", str(output)]
         if self.input_directory:
             cmd += ["--input-directory", str(self.input_directory)]
         folders = dict(self.model_folders)
