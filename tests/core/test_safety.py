@@ -344,7 +344,7 @@ def _kill_run(tmp_path, point):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(out), point], cwd=str(REPO), env=env,
                           capture_output=True, text=True, timeout=120)
-    if proc.returncode != -signal.SIGKILL:  # pytest.fail, not assert: the xfail below must not swallow this
+    if proc.returncode != -signal.SIGKILL:  # pytest.fail: a harness failure, not the property
         pytest.fail(f"the child was not killed as planned: rc {proc.returncode}\n{proc.stdout}\n{proc.stderr[-2000:]}")
     return out
 
@@ -370,11 +370,10 @@ def test_killed_while_pruning_keeps_the_new_checkpoint(tmp_path):
     assert torch.equal(state.load(latest, 0)["model"]["w"], torch.full((128, 128), 2.0))
 
 
-@pytest.mark.xfail(strict=False, raises=(AssertionError, FileNotFoundError), reason=(
-    "train/state.py commit() deletes an existing checkpoint of the SAME step (rmtree) before renaming the new one "
-    "into place; killed in between, latest_checkpoint() returns a half-deleted folder that still has state.json. "
-    "Fix (trainer owner): rename the old folder to a hidden name first, os.replace the new one, then remove the old."))
 def test_killed_while_overwriting_the_same_step_keeps_a_loadable_checkpoint(tmp_path):
+    """Re-saving a step that exists (a resume from an older checkpoint reaching it again), killed while the old
+    folder is being removed: a loadable checkpoint must remain. Failed before 3e144fb (commit() removed the old
+    folder before renaming the new one in)."""
     from anydressing_core.train import state
 
     out = _kill_run(tmp_path, "overwrite")
