@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
+import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
@@ -114,13 +115,17 @@ def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: boo
 
 
 def adapter_features(adapter, features: GarmentFeatures, model, dtype=None) -> GarmentFeatures:
-    """Features carrying the adapter's form and, with trained projections, K'/V' (once, not per step)."""
+    """Features carrying the adapter's form and, with trained projections, K'/V' (once, not per step).
+
+    Projected on the model's load device, then kept on ComfyUI's intermediate device like the tokens.
+    """
     if adapter is None:
         return features
     check_adapter(adapter, model_channels(model), "the MODEL")
     if features.kv is not None:
         return features
-    return adapter.project(features, dtype=dtype)
+    out = adapter.project(features, dtype=dtype, device=getattr(model, "load_device", None))
+    return out.to(device=comfy.model_management.intermediate_device())
 
 
 class AnyDressingLoader:
