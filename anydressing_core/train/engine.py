@@ -9,7 +9,6 @@ continues exactly where the run stopped.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Dict, Optional
