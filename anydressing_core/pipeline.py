@@ -67,6 +67,11 @@ class AnyDressingPipeline:
                                                    form=form)
 
     @classmethod
+    def from_pipe(cls, pipe, adapter: Optional[AnyDressingAdapter] = None) -> "AnyDressingPipeline":
+        """From a diffusers ``StableDiffusionPipeline`` (its components are shared, its UNet gets DA)."""
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, adapter)
+
+    @classmethod
     def from_checkpoint(cls, path: str, unet, vae, text_encoder, tokenizer, scheduler) -> "AnyDressingPipeline":
         return cls(unet, vae, text_encoder, tokenizer, scheduler, load_checkpoint(path))
 

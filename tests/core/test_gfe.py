@@ -185,3 +185,12 @@ def test_projection_of_features_is_f_times_w():
     bad = GarmentFeatures(tokens={("input", 2, 0): torch.randn(1, 3, 8)}, slots=["upper"], weights=[1])
     with pytest.raises(AnyDressingError, match="input.2.0"):
         proj.project(bad)
+
+
+def test_sdxl_shaped_garmentsnet_encodes_every_layer():
+    unet = tiny_unet(XL_LIKE)
+    gnet = build_garments_net(unet, slots=["upper", "hat"], rank=2, alpha=2)
+    randomize_lora(gnet.gfe)
+    feats = gnet.encode(torch.randn(2, 4, 8, 8), ["hat", "upper"])
+    assert set(feats.tokens) == set(diffusers_layer_keys(unet.config).values()) and len(feats.tokens) == 28
+    assert feats.tokens[("input", 7, 2)].shape == (2, 4, 32)  # two downsamples: 8x8 -> 2x2 tokens

@@ -110,3 +110,17 @@ def test_adapter_for_another_unet_shape_is_refused(parts, tmp_path):
     adapter = export(None, install_dressing_attention(other, projections="copy"))
     with pytest.raises(AnyDressingError, match="widths"):
         make(parts, adapter=adapter)
+
+
+def test_from_pipe_shares_the_stable_diffusion_components(parts):
+    tok, text, vae = parts
+    torch.manual_seed(1)
+    sd = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok,
+                                           unet=diffusers.UNet2DConditionModel(**UNET).eval(),
+                                           scheduler=diffusers.DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+    pipe = AnyDressingPipeline.from_pipe(sd)
+    assert pipe.unet is sd.unet and pipe.vae is sd.vae and pipe.garments_net.unet is not sd.unet
+    out = pipe("a shirt", garments=garments(), slots=["upper", "lower"], num_inference_steps=1, height=16, width=16,
+               garment_size=(16, 16), output_type="latent")
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
