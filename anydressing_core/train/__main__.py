@@ -3,6 +3,7 @@
 
     train  [--config FILE] [--resume latest|auto|DIR] [section.key=value ...]
     export --config FILE --checkpoint DIR --out FILE.safetensors [section.key=value ...]
+    check-data [--config FILE] [section.key=value ...]   read every sample once, list the bad ones
 
 See docs/TRAINING.md.
 """
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in ("train", "export") else "train"
+    command = argv.pop(0) if argv and argv[0] in ("train", "export", "check-data") else "train"
     args = _parser().parse_args(argv)
     args.command = command
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -42,6 +43,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "export":
             return _export(cfg, args)
+        if args.command == "check-data":
+            return _check_data(cfg)
         from .engine import Trainer
 
         result = Trainer(cfg, resume=args.resume).run()
@@ -74,6 +77,22 @@ def _export(cfg, args) -> int:
     path = export_model(model, args.out, cfg, data["state"]["step"])
     print(json.dumps({"exported": str(path), "step": data["state"]["step"]}))
     return 0
+
+
+def _check_data(cfg) -> int:
+    """Read (and augment) every sample once; print a JSON summary; exit 1 when any is bad."""
+    from ..data import DressingDataset
+    from .engine import build_records
+
+    ds = DressingDataset(build_records(cfg), cfg.data, seed=cfg.run.seed)
+    bad = {}
+    for i in range(len(ds)):
+        try:
+            ds.load(i)
+        except (AnyDressingError, OSError, ValueError) as e:
+            bad[str(ds.records[i].source or ds.records[i].person)] = str(e)
+    print(json.dumps({"samples": len(ds), "bad": len(bad), "bad_samples": bad}, indent=1))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -224,3 +224,20 @@ def test_training_forward_equals_the_inference_processors():
         with da.use(feats, strength=1.0):
             ref = infer_unet(x["noisy"], x["timesteps"], encoder_hidden_states=x["text"]).sample
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_check_data_lists_bad_samples(tiny, tmp_path, capsys):
+    from anydressing_core.train.__main__ import main
+
+    lines = tiny["manifest"].read_text().splitlines()
+    rec = json.loads(lines[1])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    rec["person"] = str(broken)
+    manifest = tiny["manifest"].parent / "check.jsonl"
+    manifest.write_text("\n".join([lines[0], json.dumps(rec)]) + "\n")
+    rc = main(["check-data", f"dataset.path={manifest}", "data.height=32", "data.width=32",
+               "data.garment_height=32", "data.garment_width=32"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["samples"] == 2 and out["bad"] == 1
+    assert str(broken) in next(iter(out["bad_samples"].values()))
