@@ -149,7 +149,7 @@ def limit_size(rgb: np.ndarray, mask: Optional[np.ndarray], max_side: int = MAX_
 
 
 def fit_mask(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
-    """Bring a mask to the image size; only a pure rescale (same aspect within 2%) is accepted."""
+    """Bring a mask to the image size; only a pure rescale (same aspect within 2% or 1 px) is accepted."""
     m = np.asarray(mask, dtype=np.float32)
     if m.ndim == 3:
         m = m[..., 0] if m.shape[-1] in (1, 3, 4) else m[0]
@@ -159,8 +159,10 @@ def fit_mask(mask: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
         raise AnyDressingError("garment mask contains NaN or infinite values; connect a 0..1 mask")
     if m.shape == tuple(hw):
         return np.clip(m, 0.0, 1.0)
-    ar_mask, ar_img = m.shape[1] / m.shape[0], hw[1] / hw[0]
-    if abs(ar_mask / ar_img - 1.0) > 0.02:
+    # A pure rescale keeps the aspect within 2%, or within one pixel of rounding measured at the smaller
+    # of the two sizes (a mask made at another resolution; a thin picture that was downscaled).
+    (sh, sw), (bh, bw) = sorted([m.shape, tuple(hw)], key=lambda s: s[0] * s[1])
+    if abs(sw - bw * sh / bh) > max(0.02 * sw, 1.0) and abs(sh - bh * sw / bw) > max(0.02 * sh, 1.0):
         raise AnyDressingError(
             f"garment mask is {m.shape[1]}x{m.shape[0]} but the image is {hw[1]}x{hw[0]} (another aspect ratio). "
             "Connect the mask made from this garment image."

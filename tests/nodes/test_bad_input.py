@@ -166,6 +166,15 @@ def test_huge_picture_is_downscaled_before_any_copy(host, heavy):
     assert took < 10, f"took {took:.1f} s"
 
 
+def test_thin_huge_picture_with_its_own_mask_is_accepted(host, heavy):
+    """A13: 16x20000 with its mask: the picture is downscaled to 3x4096 first; the mask still fits it."""
+    img = torch.full((1, 20000, 16, 3), 0.5)
+    mask = torch.zeros(1, 20000, 16)
+    mask[:, 5000:15000, 4:12] = 1.0
+    item = garment(host, img, mask=mask).items[0]
+    assert item.image.shape[:2] == item.mask.shape and max(item.mask.shape) == 4096 and item.mask.max() == 1
+
+
 def test_huge_picture_auto_mask_is_fast(host):
     """A 4096 px garment on a plain background is auto-masked on a 1024 px copy: seconds, not 15 s."""
     garments = host.module("anydressing_core.garments")
@@ -411,7 +420,7 @@ def test_zz_normal_run_after_all_bad_inputs_is_unchanged(g, before):
 def test_catalogue_lists_every_case():
     """Every case id used here appears in docs/BAD_INPUT.md."""
     text = DOC.read_text()
-    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | set(BAD_FILES) | {f"B{i:02d}" for i in range(12, 51)} | {"A12"}
+    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | set(BAD_FILES) | {f"B{i:02d}" for i in range(12, 51)} | {"A12", "A13"}
     missing = sorted(i for i in ids if i not in text)
     assert not missing, f"docs/BAD_INPUT.md lacks {missing}"
 
