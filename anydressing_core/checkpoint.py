@@ -209,6 +209,9 @@ class AnyDressingAdapter:
         self.name = name
         #: True when the file had GarmentsNet weights (they may have been handed to the host already).
         self.has_garments_net = garments_net is not None
+        #: ``[1, S, D]`` context for GarmentsNet's attn2 when ``meta.garments_net_context`` is not "none"
+        #: (MagicClothing: the empty prompt's text embedding); the host sets it (the loader, from CLIP).
+        self.garment_context: Optional[torch.Tensor] = None
 
     # --- what the nodes and the pipeline ask -------------------------------------------------
     @property
@@ -296,6 +299,7 @@ class AnyDressingAdapter:
         """The same adapter without the GarmentsNet tensors (once the host holds them as a MODEL)."""
         out = AnyDressingAdapter(self.meta, self.gfe, self.projections, None, self.resampler, self.name)
         out.has_garments_net = self.has_garments_net
+        out.garment_context = self.garment_context
         return out
 
     def __deepcopy__(self, memo):

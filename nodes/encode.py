@@ -104,7 +104,7 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
     # trained weights: each garment row gets its slot's GFE LoRA (issue 4; nodes/loader.py)
-    options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys)
+    options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys, model)
     with torch.inference_mode():
         dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device, dtype=dtype),
            transformer_options=options, **kwargs)

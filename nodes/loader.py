@@ -86,16 +86,20 @@ def _comfy_attention(q, k, v, heads, mask=None, **_):
     return optimized_attention(q, k, v, heads, mask=mask)
 
 
-def adapter_encode_options(adapter, options: dict, slots, keys) -> dict:
+def adapter_encode_options(adapter, options: dict, slots, keys, model=None) -> dict:
     """Add the adapter's GFE to the transformer_options of a GarmentsNet pass (in place; returned).
 
     ``options`` must already hold fresh ``patches`` / ``patches_replace`` dicts (Encode Garments'
     ``garments_net_options`` builds them); ``slots`` give each batch row's slot.  The attn1
-    replace this installs runs only in the garment pass, never while sampling.
+    replace this installs runs only in the garment pass, never while sampling.  Weights whose
+    GarmentsNet reads a text context (MagicClothing) get attn2 back, fed ``adapter.garment_context``
+    (needs ``model``, whose own attn2 patches are restored).
     """
     if adapter is None:
         return options
     check_adapter(adapter, {k: None for k in keys}, "the GarmentsNet MODEL", widths=False)
+    if adapter.garment_context is not None and model is not None:
+        _restore_attn2(options, model, adapter.garment_context)
     hooks = adapter.encode_hooks(list(slots), attention=_comfy_attention)
     if hooks is None:
         return options
@@ -106,6 +110,29 @@ def adapter_encode_options(adapter, options: dict, slots, keys) -> dict:
     replace["attn1"] = dict(replace.get("attn1", {}))
     replace["attn1"].update({key: hooks.attn1_replace for key in keys})
     return options
+
+
+class _GarmentContext:
+    """attn2 patch: GarmentsNet's cross-attention reads the weights' own context (e.g. the empty prompt)."""
+
+    def __init__(self, context):
+        self.context = context
+
+    def __call__(self, n, context, value, extra_options):
+        ctx = self.context.to(device=n.device, dtype=n.dtype).expand(n.shape[0], -1, -1)
+        return n, ctx, ctx
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _restore_attn2(options: dict, model, context):
+    """Undo the [paper] attn2 removal of the garment pass for weights trained with a text context."""
+    base = model.model_options.get("transformer_options", {})
+    patches = options.setdefault("patches", {})
+    patches["attn2_output_patch"] = list(base.get("patches", {}).get("attn2_output_patch", []))
+    patches["attn2_patch"] = list(base.get("patches", {}).get("attn2_patch", [])) + [_GarmentContext(context)]
+    options.setdefault("patches_replace", {})["attn2"] = dict(base.get("patches_replace", {}).get("attn2", {}))
 
 
 def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: bool = True):
@@ -157,10 +184,13 @@ class AnyDressingLoader:
                 "model": ("MODEL", {
                     "tooltip": "Optional base MODEL (your SD1.5 checkpoint). Needed when the file has no GarmentsNet "
                                "weights (GarmentsNet is then the base UNet); also checks the adapter fits it."}),
+                "clip": ("CLIP", {
+                    "tooltip": "Optional CLIP of your checkpoint. Weights whose GarmentsNet was trained with a text "
+                               "context (MagicClothing: the empty prompt) need it; AnyDressing's own weights do not."}),
             },
         }
 
-    def load(self, anydressing_name, model=None):
+    def load(self, anydressing_name, model=None, clip=None):
         path = folder_paths.get_full_path(FOLDER, anydressing_name)
         if path is None:
             raise AnyDressingError(f"{anydressing_name!r} is not in any anydressing folder "
@@ -171,8 +201,18 @@ class AnyDressingLoader:
         gnet = garments_net_patcher(adapter, model)
         if adapter.garments_net is not None:
             check_adapter(adapter, model_channels(gnet), "its own GarmentsNet")
+        adapter = adapter.without_garments_net()
+        context = adapter.meta.garments_net_context
+        if context != "none":
+            if clip is not None:
+                # [choice] "image_tokens" (IMAGDressing's resampler) is not implemented: the empty prompt stands in
+                adapter.garment_context = clip.encode_from_tokens(clip.tokenize(""))
+            else:
+                log.warning("AnyDressing: %s was trained with GarmentsNet context %r; connect the checkpoint's CLIP "
+                            "to the loader, otherwise its cross-attention is removed and garments transfer worse",
+                            anydressing_name, context)
         log.info("AnyDressing: loaded %s (%s)", anydressing_name, adapter.describe())
-        return (gnet, adapter.without_garments_net())
+        return (gnet, adapter)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingLoader": AnyDressingLoader}

@@ -45,7 +45,7 @@ def setup(host, tiny_model_names, tmp_path_factory):
     for color, slot in [((0.9, 0.1, 0.1), "upper"), ((0.1, 0.2, 0.9), "lower")]:
         kw = {} if chain is None else {"garments": chain}
         chain = host.run("AnyDressingGarment", image=garment_image(color, pattern="stripes"), slot=slot, weight=1.0, **kw)[0]
-    return dict(model=model, vae=vae, unet=unet, folder=folder, garments_net=garments_net, adapter=comfy_adapter,
+    return dict(model=model, clip=clip, vae=vae, unet=unet, folder=folder, garments_net=garments_net, adapter=comfy_adapter,
                 pos=pos, neg=neg, chain=chain)
 
 
@@ -59,14 +59,11 @@ def diffusers_features(host, s, size=64):
     """The same garments through the diffusers GarmentsNet built from the same file."""
     core = host.module("anydressing_core.diffusers_model")
     ckpt = host.module("anydressing_core.checkpoint")
-    garments = host.module("anydressing_core.garments")
     full = ckpt.load_checkpoint(str(s["folder"] / "parity.safetensors"))
     gunet = copy.deepcopy(s["unet"])
     gunet.load_state_dict(full.garments_net)
     gnet = core.GarmentsNet(gunet, context=full.meta.garments_net_context, gfe=full.gfe)
-    prepared = [garments.prepare_garment(g.image, g.mask, size, size) for g in s["chain"].items]
-    pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
-    latents = s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
+    latents = garment_latents(host, s, size)
     with torch.no_grad():
         feats = gnet.encode(latents, SLOTS)
         no_gfe = core.GarmentsNet(copy.deepcopy(gunet), context="none").encode(latents, SLOTS)
@@ -125,3 +122,40 @@ def test_garment_features_and_noise_prediction_match(host, setup):
         assert rel_err(eps_diff[rows], plain[rows]) > 10 * TOL  # the garments matter at this tolerance
     log.info("parity: features %.2e, noise prediction %.2e (relative max error)", worst_f, worst_eps)
     assert worst_eps <= TOL, f"noise predictions differ by {worst_eps:.2e} (relative)"
+
+
+def garment_latents(host, s, size=64):
+    garments = host.module("anydressing_core.garments")
+    prepared = [garments.prepare_garment(g.image, g.mask, size, size) for g in s["chain"].items]
+    pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
+    return s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
+
+
+def test_magicclothing_joint_features_match_with_the_empty_prompt_context(host, setup):
+    """A plain diffusers-UNet file (MagicClothing joint layout) loads directly; with the checkpoint's CLIP
+    connected, GarmentsNet's attn2 reads the empty prompt in ComfyUI exactly as in diffusers."""
+    from safetensors.torch import save_file
+
+    s = setup
+    core = host.module("anydressing_core.diffusers_model")
+    g = torch.Generator().manual_seed(11)
+    sd = {k: (v + torch.randn(v.shape, generator=g) * 0.01 if k.endswith("attn2.to_k.weight") else v).contiguous()
+          for k, v in s["unet"].state_dict().items()}
+    save_file(sd, str(s["folder"] / "mc_joint_like.safetensors"))
+    gnet_model, adapter = host.run("AnyDressingLoader", anydressing_name="mc_joint_like.safetensors", model=s["model"],
+                                   clip=s["clip"])
+    assert adapter.form == "joint" and adapter.meta.garments_net_context == "empty_prompt"
+    assert adapter.garment_context is not None and adapter.garment_context.shape[-1] == 768
+    cf = host.run("AnyDressingEncodeGarments", model=gnet_model, vae=s["vae"], garments=s["chain"], width=64, height=64,
+                  adapter=adapter)[0]
+    gunet = copy.deepcopy(s["unet"])
+    gunet.load_state_dict(sd)
+    with torch.no_grad():
+        df = core.GarmentsNet(gunet, context="empty_prompt").encode(
+            garment_latents(host, s), SLOTS, encoder_hidden_states=adapter.garment_context.float())
+    worst = max(rel_err(cf.tokens[k], df.tokens[k]) for k in df.tokens)
+    assert worst <= TOL, f"MagicClothing-layout features differ by {worst:.2e}"
+    _, no_clip = host.run("AnyDressingLoader", anydressing_name="mc_joint_like.safetensors", model=s["model"])
+    removed = host.run("AnyDressingEncodeGarments", model=gnet_model, vae=s["vae"], garments=s["chain"], width=64,
+                       height=64, adapter=no_clip)[0]
+    assert max(rel_err(removed.tokens[k], df.tokens[k]) for k in df.tokens) > 10 * TOL  # the context matters
