@@ -21,7 +21,7 @@ is ``(alpha / r) * x A_s^T B_s^T``.  ``B`` starts at zero, so a fresh GFE is the
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn as nn

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 

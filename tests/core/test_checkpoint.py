@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from anydressing_core.checkpoint import AnyDressingAdapter, CheckpointMeta, export, load_checkpoint, save_checkpoint
+from anydressing_core.checkpoint import CheckpointMeta, export, load_checkpoint, save_checkpoint
 from anydressing_core.diffusers_model import build_garments_net, install_dressing_attention
 from anydressing_core.errors import AnyDressingError
 from anydressing_core.features import GarmentFeatures
