@@ -12,7 +12,8 @@ Public API (the trainer and :mod:`.pipeline` build on it)::
         eps = base_unet(z_t, t, encoder_hidden_states=text).sample
     maps = da.maps            # {key: A_k [B_on, T, N] float32}, for the IGL loss [paper, Eq. 7]
     params = list(gnet.parameters()) + list(da.projections.parameters())
-    tensors, meta = checkpoint.export(garments_net=gnet, dressing=da, slots=..., ...)
+    checkpoint.export(gnet, da, default_lambda=0.7, provenance={...}).save("out.safetensors")
+    da.remove()               # restore the UNet's previous processors
 
 * ``gnet.unet`` is the GarmentsNet UNet (fully trainable [paper]); ``gnet.gfe`` the
   :class:`~.gfe.GFELoRA` (or None: zero-shot / imported weights without GFE).
