@@ -88,6 +88,26 @@ def _token_index(lengths: Sequence[int], device) -> torch.Tensor:
     )
 
 
+def _per_token(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """Per-garment ``values [N]`` spread onto the garment tokens: ``[S]``.
+
+    [choice, speed] Equal lengths (every garment encoded at one size, the usual case) need no
+    index tensor, so nothing is copied to the device on every call.
+    """
+    if len(set(lengths)) == 1:
+        return values.repeat_interleave(int(lengths[0]))
+    return values[_token_index(lengths, values.device)]
+
+
+def _host_weights(weights, n: int, dtype) -> torch.Tensor:
+    """The weights on the CPU in ``dtype``: decisions about them must not wait for the device."""
+    if weights is None:
+        return torch.ones(n, dtype=dtype)
+    if torch.is_tensor(weights):
+        return weights.detach().flatten().to("cpu", dtype)
+    return torch.as_tensor(weights, dtype=dtype).flatten()
+
+
 def region_bias(regions: torch.Tensor, lengths: Sequence[int], dtype) -> torch.Tensor:
     """Additive bias ``[Br, T, S]`` from per-garment regions ``[Br, T, N]``.
 
@@ -175,13 +195,13 @@ def dressing_attention(
         raise ValueError(f"garment lengths {list(lengths)} sum to {sum(lengths)}, but K' has {gk.shape[1]} tokens")
     n = len(lengths)
     w = _as_weights(weights, n, q)
+    w_host = _host_weights(weights, n, q.dtype)
     bias = region_bias(regions, lengths, q.dtype) if regions is not None else None
     b = q.shape[0]
 
     if form == DAForm.SEPARATE:
         own = (self_attention or attention)(q, k, v, heads)
-        token_w = w[_token_index(lengths, q.device)].view(1, -1, 1)
-        gv_w = gv if bool((w == 1).all()) else gv * token_w
+        gv_w = gv if bool((w_host == 1).all()) else gv * _per_token(w, lengths).view(1, -1, 1)
         garment = attention(q, gk, gv_w, heads, mask=bias)
         out = own + strength * garment
         if return_maps:
@@ -189,11 +209,12 @@ def dressing_attention(
         return out
 
     # joint: one softmax over [own tokens, garment tokens], garment logits biased by log(lambda * w)
-    log_w = torch.log((strength * w).clamp_min(0))[_token_index(lengths, q.device)]
-    garment_bias = log_w.view(1, -1).expand(q.shape[1], -1)
+    # [choice, speed] the log-weight bias is one row [1, S] broadcast over the image tokens, never a
+    # materialised [T, T+S] matrix (hosts expand a full mask per head: O(T*(T+S)) memory per call)
+    garment_bias = _per_token(torch.log((strength * w).clamp_min(0)), lengths).view(1, -1)
     if bias is not None:
         garment_bias = garment_bias + bias
-    need_bias = bias is not None or bool((strength * w != 1).any())
+    need_bias = bias is not None or bool((strength * w_host != 1).any())
     full_bias = None
     if need_bias:
         own_zero = torch.zeros(*garment_bias.shape[:-1], k.shape[1], dtype=q.dtype, device=q.device)

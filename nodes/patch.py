@@ -5,6 +5,12 @@ One :class:`DressingShared` per Apply node holds the garment features and settin
 sampling run (the main model's projections may be LoRA-patched for this run, HOST.md) or come
 precomputed from an adapter; an OUTER_SAMPLE wrapper opens and closes that per-run cache so
 nothing outlives the run.
+
+Performance (issue 7, docs/PERFORMANCE.md): per layer call the patch does no device->host sync and
+no row copies: the sigma range test is decided once per step (the step's ``sigmas`` tensor is shared
+by every layer), the CFG rows are contiguous slices (views) computed in Python from
+``cond_or_uncond``, garment weights stay a Python list, and K'/V' ``[1, N*L, C]`` are shared by the
+batch (expanded, never repeated).
 """
 
 from __future__ import annotations
@@ -45,17 +51,18 @@ class RunState:
         self.modules = None
         self.kv = {}
         self.regions = {}
+        self.step = (None, True)  # (sigmas tensor of the current step, active at that step)
 
     def begin(self, diffusion_model):
         if self.depth == 0:
             self.modules = attn1_modules(diffusion_model)
-            self.kv, self.regions = {}, {}
+            self.kv, self.regions, self.step = {}, {}, (None, True)
         self.depth += 1
 
     def end(self):
         self.depth -= 1
         if self.depth <= 0:
-            self.depth, self.modules, self.kv, self.regions = 0, None, {}, {}
+            self.depth, self.modules, self.kv, self.regions, self.step = 0, None, {}, {}, (None, True)
 
 
 class DressingShared:
@@ -91,16 +98,39 @@ class DressingShared:
         sigmas = extra.get("sigmas")
         if sigmas is None:
             return True
+        last, on = self.state.step
+        if sigmas is last:  # same step, another layer: no second device->host sync
+            return on
         sigma = float(sigmas.detach().flatten()[0])
-        return self.sigma_end <= sigma <= self.sigma_start
+        on = self.sigma_end <= sigma <= self.sigma_start
+        if self.state.depth > 0:  # remember only inside a run: the cache dies with it
+            self.state.step = (sigmas, on)
+        return on
 
-    def rows(self, extra, batch: int, device) -> torch.Tensor:
+    def segments(self, extra, batch: int) -> tuple:
+        """Contiguous row ranges of the batch and whether each is dressed: ``((start, stop, on), ...)``.
+
+        ComfyUI stacks the CFG branches as equal chunks in ``cond_or_uncond`` order (0 = positive).
+        Computed in Python, so no index tensor and no device sync per layer.
+        """
         cou = extra.get("cond_or_uncond")
         if self.cfg_policy == CFGPolicy.BOTH or not cou:
-            return torch.ones(batch, dtype=torch.bool, device=device)
+            return ((0, batch, True),)
         chunk = max(1, batch // len(cou))
         flags = [cou[min(i // chunk, len(cou) - 1)] == 0 for i in range(batch)]
-        return torch.tensor(flags, dtype=torch.bool, device=device)
+        out, start = [], 0
+        for i in range(1, batch + 1):
+            if i == batch or flags[i] != flags[start]:
+                out.append((start, i, flags[start]))
+                start = i
+        return tuple(out)
+
+    def rows(self, extra, batch: int, device) -> torch.Tensor:
+        """The dressed rows as a boolean mask ``[B]`` (kept for callers; the patch uses :meth:`segments`)."""
+        flags = torch.zeros(batch, dtype=torch.bool)
+        for start, stop, on in self.segments(extra, batch):
+            flags[start:stop] = on
+        return flags.to(device)
 
     def garment_kv(self, key: BlockKey, like: torch.Tensor):
         """K', V' of one layer, ``[1, N*L, C]`` each, computed once per run."""
@@ -167,17 +197,21 @@ class DressingReplace:
         lengths = sh.features.lengths(self.key)
 
         def attention(q_, k_, v_, h, mask=None):
+            if k_.shape[0] != q_.shape[0]:
+                # K'/V' are one row shared by the batch; the host's attention reshapes k by q's batch size
+                # (a [1, S, C] key read as [B, S/B, ...] would split the garments across rows): expand, a view
+                k_, v_ = k_.expand(q_.shape[0], -1, -1), v_.expand(q_.shape[0], -1, -1)
             return optimized_attention(q_, k_, v_, h, mask=mask, attn_precision=precision, transformer_options=extra_options)
 
-        def dressed(idx):
-            kk, vv = k[idx], v[idx]
+        def dressed(rows: slice):
+            qq, kk, vv = q[rows], k[rows], v[rows]
             if sh.form == DAForm.JOINT and self.previous is not None:
                 # another pack owns this attention: hand it the concatenated tokens (weights not applicable)
-                b = idx.numel()
-                return self.previous(q[idx], torch.cat([kk, gk.expand(b, -1, -1)], 1),
+                b = qq.shape[0]
+                return self.previous(qq, torch.cat([kk, gk.expand(b, -1, -1)], 1),
                                      torch.cat([vv, gv.expand(b, -1, -1)], 1), extra_options)
             out = dressing_attention(
-                q[idx], kk, vv, gk, gv, heads, lengths, strength=sh.strength, form=sh.form,
+                qq, kk, vv, gk, gv, heads, lengths, strength=sh.strength, form=sh.form,
                 weights=sh.features.weights, regions=regions, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b_, c, h, mask=None: self._plain(a, b_, c, extra_options),
             )
@@ -188,17 +222,13 @@ class DressingReplace:
             return out
 
         sh.calls += 1
-        rows = sh.rows(extra_options, q.shape[0], q.device)
-        idx_on = torch.nonzero(rows).flatten()
-        if idx_on.numel() == q.shape[0]:
-            return dressed(idx_on)
-        if idx_on.numel() == 0:
-            return self._plain(q, k, v, extra_options)
-        idx_off = torch.nonzero(~rows).flatten()
-        out = torch.empty_like(q)
-        out[idx_on] = dressed(idx_on)
-        out[idx_off] = self._plain(q[idx_off], k[idx_off], v[idx_off], extra_options)
-        return out
+        segments = sh.segments(extra_options, q.shape[0])
+        if len(segments) == 1:
+            return dressed(slice(None)) if segments[0][2] else self._plain(q, k, v, extra_options)
+        # CFG with garments in the positive branch only: slices are views, one cat assembles the batch
+        parts = [dressed(slice(a, b)) if on else self._plain(q[a:b], k[a:b], v[a:b], extra_options)
+                 for a, b, on in segments]
+        return torch.cat(parts, dim=0)
 
 
 def find_shared(model) -> Optional[DressingShared]:
