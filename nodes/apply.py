@@ -51,7 +51,6 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         raise AnyDressingError(f"unknown cfg_policy {cfg_policy!r}; use one of {CFGPolicy.ALL}")
     modules = attn1_modules(diffusion_model_of(model, "model"))
     check_features(modules, features)
-    features = adapter_features(adapter, features, model)  # checks the adapter fits; K'/V' only if not encoded with it
     regions = None
     if region_masks is not None:
         if not torch.is_tensor(region_masks) or region_masks.ndim not in (2, 3):
@@ -66,6 +65,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
                 f"region_masks has {regions.shape[0]} masks for {features.count} garments; give one region per garment, "
                 "in the order of the garment chain")
         regions = regions.float().cpu()
+    features = adapter_features(adapter, features, model)  # checks the adapter fits; K'/V' only if not encoded with it
     m = model.clone()
     if strength == 0.0:
         return m  # neutral setting: the unpatched model, bit for bit (STYLE 10)

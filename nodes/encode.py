@@ -14,7 +14,7 @@ from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.garments import GarmentList, prepare_garment
 from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
-from .loader import adapter_encode_options, adapter_features
+from .loader import adapter_encode_options, adapter_features, check_adapter, model_channels
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     if not modules:
         raise AnyDressingError("this UNet has no self-attention layers to take garment features from")
     keys = list(modules)
+    if adapter is not None:  # the same fit check adapter_features makes at the end, before any heavy work
+        check_adapter(adapter, model_channels(model), "the MODEL")
     prepared = [prepare_garment(g.image, g.mask, width, height) for g in garments.items]
     pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
 

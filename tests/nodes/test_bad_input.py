@@ -420,7 +420,7 @@ def test_zz_normal_run_after_all_bad_inputs_is_unchanged(g, before):
 def test_catalogue_lists_every_case():
     """Every case id used here appears in docs/BAD_INPUT.md."""
     text = DOC.read_text()
-    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | set(BAD_FILES) | {f"B{i:02d}" for i in range(12, 51)} | {"A12", "A13"}
+    ids = set(BAD_IMAGES) | set(GOOD_IMAGES) | set(BAD_FILES) | {f"B{i:02d}" for i in range(12, 53)} | {"A12", "A13"}
     missing = sorted(i for i in ids if i not in text)
     assert not missing, f"docs/BAD_INPUT.md lacks {missing}"
 
@@ -557,3 +557,28 @@ def test_valid_weight_file_still_loads_after_the_bad_ones(host, g, weights):
                             end_percent=1.0, form="auto", cfg_policy=PAPER, adapter=adapter)[0], steps=1)
     assert torch.isfinite(out).all()
     assert not weights["marker"].exists()
+
+
+def _foreign_adapter(host, folder):
+    """An adapter made for an SDXL-like layer layout (3 layers, 640 wide): loadable, but fits no tiny SD1.5."""
+    ckpt = host.module("anydressing_core.checkpoint")
+    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]
+    tensors = {}
+    for k in layers:
+        s = f"{k[0]}.{k[1]}.{k[2]}"
+        tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
+        tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
+    path = folder / "xl_adapter.safetensors"
+    ckpt.save_checkpoint(str(path), tensors, ckpt.CheckpointMeta(base="sdxl", layers=layers))
+    return ckpt.load_checkpoint(str(path))
+
+
+def test_b51_adapter_of_another_architecture_is_refused_before_encoding(host, g, heavy, tmp_path):
+    adapter = _foreign_adapter(host, tmp_path)
+    refused(heavy, lambda: encode(host, g, adapter=adapter), "self-attention layers")
+    refused(heavy, lambda: encode(host, g, adapter="weights.safetensors"), "must come from AnyDressing Loader")
+
+
+def test_b52_adapter_of_another_architecture_is_refused_by_apply(host, g, feats, heavy, tmp_path):
+    adapter = _foreign_adapter(host, tmp_path)
+    refused(heavy, lambda: apply(host, g, feats, adapter=adapter), "self-attention layers")
