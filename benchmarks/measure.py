@@ -1,5 +1,9 @@
 """Timing, peak memory and FLOP counting for the benchmarks.
 
+On the CPU each run also records the process CPU time (``time.process_time``, all threads): on a
+machine shared with other jobs, wall time includes waiting for a core, CPU time mostly does not, so the
+CPU-time ratio is the steadier of the two (both are reported).
+
 Memory on the CPU is the process RSS sampled every ~2 ms by a thread while the measured call runs
 (``peak - rss_before``).  glibc keeps freed blocks mapped, which would hide later peaks, so
 ``benchmarks.speed`` re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` (large tensors are then
@@ -54,6 +58,7 @@ class Sample:
     """Medians over repeats: seconds, peak memory above the level before the call (MiB), absolute peak (MiB)."""
 
     times: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)  # process CPU seconds (all threads): robust to other load
     peak_delta: List[float] = field(default_factory=list)
     peak_abs: List[float] = field(default_factory=list)
 
@@ -68,6 +73,7 @@ class Sample:
 
     def as_dict(self) -> dict:
         return {"median_s": self.median_s, "times_s": self.times, "spread": self.spread,
+                "cpu_median_s": statistics.median(self.cpu) if self.cpu else None, "cpu_s": self.cpu,
                 "peak_delta_mib": statistics.median(self.peak_delta), "peak_abs_mib": statistics.median(self.peak_abs)}
 
 
@@ -88,9 +94,10 @@ def measure(fn: Callable[[], object], repeats: int, cuda: bool) -> Sample:
             s.peak_abs.append(peak / MiB)
         else:
             with RssPeak() as rss:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 s.times.append(time.perf_counter() - t0)
+                s.cpu.append(time.process_time() - c0)
             s.peak_delta.append((rss.peak - rss.before) / MiB)
             s.peak_abs.append(rss.peak / MiB)
     return s

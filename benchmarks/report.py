@@ -35,6 +35,11 @@ def table(res: dict, steps: int) -> list:
                      f"(R^2 {a['r2']:.3f}); with the stored features = {b['intercept']:.1f} + {b['slope']:.2f} MiB * N "
                      f"(R^2 {b['r2']:.3f}); features alone {fit['features_mib_per_garment']:.2f} MiB per garment")
     for r in res["rows"]:
+        if r.get("cpu_ratio") is not None:
+            pred = r["flop_ratio"]
+            lines.append(f"  N={r['n']}: process CPU time with/without {r['with']['cpu_median_s']:.3f}/"
+                         f"{r['without']['cpu_median_s']:.3f} s = {r['cpu_ratio']:.3f}x; overhead vs FLOP prediction "
+                         f"{(r['cpu_ratio'] - 1) / (pred - 1) if pred > 1 else float('nan'):.2f}")
         ana, cnt = r["analytic_added_flops_per_run"], r["counted_added_flops_per_run"]
         lines.append(f"  N={r['n']}: added GFLOP per run counted {cnt / 1e9:.2f}, analytic {ana / 1e9:.2f} "
                      f"({cnt / ana if ana else 0:.2f}x); DA calls per run {r['da_calls_per_run']}")

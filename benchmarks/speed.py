@@ -176,11 +176,13 @@ class Bench:
                       for k, t in feats.tokens.items()}
             ana = da_flops(layers, n_rows=1)  # paper CFG policy: garments only in the cond row
             ratio = dressed_s.median_s / plain_s.median_s
+            cpu_ratio = (dressed_s.as_dict()["cpu_median_s"] / plain_s.as_dict()["cpu_median_s"]) if plain_s.cpu else None
             pred = dressed_flops / plain_flops
             feat_bytes = feats.nbytes()
             rows.append({
                 "n": n, "with": dressed_s.as_dict(), "without": plain_s.as_dict(),
-                "ratio": ratio, "flops_with": dressed_flops, "flops_without": plain_flops, "flop_ratio": pred,
+                "ratio": ratio, "cpu_ratio": cpu_ratio, "flops_with": dressed_flops, "flops_without": plain_flops,
+                "flop_ratio": pred,
                 "measured_over_predicted": ratio / pred,
                 "overhead_measured_over_predicted": (ratio - 1) / (pred - 1) if pred > 1 else None,
                 "analytic_added_flops_per_run": ns.steps * ana["per_step"] + ana["kv_per_run"],
@@ -206,6 +208,7 @@ class Bench:
             for fn, acc in ((plain, a), (dressed, b)):
                 s = measure(fn, 1, self.cuda)
                 acc.times += s.times
+                acc.cpu += s.cpu
                 acc.peak_delta += s.peak_delta
                 acc.peak_abs += s.peak_abs
         return a, b
