@@ -35,13 +35,15 @@ def main(argv=None) -> int:
     p.add_argument("--lambda-loc", type=float, help="IGL weight (paper: 0.01)")
     p.add_argument("--lambda-tex", type=float, help="GTL weight (paper: 0.001)")
     p.add_argument("--vgg16", help="local VGG16 weights: adds DISTS to GTL (off without them)")
+    p.add_argument("--prediction", choices=("x0", "eps"), help="what the denoiser predicts (default x0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a shared 2-core machine 2 threads ran 2-4x slower, measured)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     cfg = config(a.quick, seed=a.seed, steps=a.steps, base_steps=a.base_steps, n_train=a.n_train, n_val=a.n_val,
-                 lambda_loc=a.lambda_loc, lambda_tex=a.lambda_tex, vgg16=a.vgg16)
+                 lambda_loc=a.lambda_loc, lambda_tex=a.lambda_tex, vgg16=a.vgg16,
+                 prediction=a.prediction)
     report = run_ablation(cfg, a.out, a.settings)
     print(format_table(report["results"]))
     print(json.dumps({"timing_s": {k: round(v, 1) for k, v in report["timing_s"].items()},
