@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from conftest import HOST, REPO
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(r'''
     import json, socket, sys, traceback
@@ -94,13 +95,13 @@ CHILD = textwrap.dedent(r'''
 ''')
 
 
-def test_pack_imports_and_runs_with_the_network_forbidden(tiny_models, tmp_path):
+def test_pack_imports_and_runs_with_the_network_forbidden(host, tiny_models, tmp_path):
     weights = tmp_path / "anydressing"
     weights.mkdir()
     env = dict(os.environ)
     env.pop("HF_HUB_OFFLINE", None)  # nothing may rely on an offline switch: the sockets themselves are forbidden
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(HOST), str(REPO), str(tiny_models["folder"]), tiny_models["checkpoint"].name,
+        [sys.executable, "-c", CHILD, str(host.path), str(REPO), str(tiny_models["folder"]), tiny_models["checkpoint"].name,
          str(weights)], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"rc {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
