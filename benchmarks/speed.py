@@ -192,6 +192,7 @@ class Bench:
                 "kv_cache_mib": 2 * feat_bytes / 2**20 if feats.kv is None else 0.0,
                 "encode": enc.as_dict(), "vae_encode": vae.as_dict(),
                 "encode_over_step": enc.median_s / step.median_s,
+                "encode_over_step_cpu": (enc.as_dict()["cpu_median_s"] / step.as_dict()["cpu_median_s"]) if step.cpu else None,
                 "encode_unet_over_step": max(enc.median_s - vae.median_s, 0.0) / step.median_s,
             })
             del dressed, shared, feats
