@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from anydressing_core.bench.run import config, format_table, run_ablation  # noqa: E402
+from anydressing_core.bench.run import config, format_paired, format_table, run_ablation  # noqa: E402
 from anydressing_core.bench.train import SETTINGS  # noqa: E402
 
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
                  prediction=a.prediction)
     report = run_ablation(cfg, a.out, a.settings)
     print(format_table(report["results"]))
+    print()
+    print(format_paired(report["paired"]))
     print(json.dumps({"timing_s": {k: round(v, 1) for k, v in report["timing_s"].items()},
                       "load_avg": report["load_avg"], "out": a.out}))
     return 0

@@ -18,6 +18,8 @@ from .train import SETTINGS, SLOTS, VAL_OFFSET, Config, make_data, sample, train
 
 log = logging.getLogger(__name__)
 
+#: the ablation chain: each pair adds one component [paper, Table 3]
+STEPS = (("base", "gfe"), ("gfe", "gfe_igl"), ("gfe_igl", "gfe_igl_gtl"), ("zero_shot", "base"))
 QUICK = dict(size=16, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, channels=8, sample_steps=2)
 #: columns of the table: (result key, header, format)
 COLUMNS = (("loc_iou", "loc IoU ^", "{:.3f}"), ("confused", "confusion v", "{:.3f}"),
@@ -37,7 +39,7 @@ def run_ablation(cfg: Config, out: str, settings: Sequence[str] = SETTINGS) -> D
     t = time.time()
     base = train_base(train, cfg)
     timing["base"] = time.time() - t
-    results, images, maps, curves = {}, {}, {}, {}
+    results, images, maps, curves, pers = {}, {}, {}, {}, {}
     for s in settings:
         t = time.time()
         model, curves[s] = train_setting(base, train, s, cfg)
@@ -49,21 +51,34 @@ def run_ablation(cfg: Config, out: str, settings: Sequence[str] = SETTINGS) -> D
         if maps[s] is not None:
             per["loc_iou"] = scores.localization_iou(maps[s], val["masks"])
         results[s] = scores.summarize(per, list(SLOTS))
+        pers[s] = per
         log.info("%s done: %s", s, {k: round(v["mean"], 3) for k, v in results[s].items()})
     ref = scores.region_scores(val["person"], val["person"], val["masks"], val["garments"], val["garment_masks"])
     results["ground_truth"] = scores.summarize(ref, list(SLOTS))
     timing["total"] = time.time() - t_start
     timing["total_cpu"] = time.process_time() - cpu_start
-    report = {"config": dataclasses.asdict(cfg), "results": results, "timing_s": timing,
+    paired = {f"{b} - {a}": scores.paired(pers[b], pers[a]) for a, b in STEPS if a in pers and b in pers}
+    report = {"config": dataclasses.asdict(cfg), "results": results, "paired": paired, "timing_s": timing,
               "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()),
               "curves": {s: {k: _coarse(v) for k, v in c.items() if v} for s, c in curves.items()}}
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump(report, f, indent=1)
-    table = format_table(results)
+    table = format_table(results) + "\n\n" + format_paired(paired)
     with open(os.path.join(out, "ablation.md"), "w") as f:
         f.write(table + "\n")
     _png(os.path.join(out, "samples.png"), picture(val, images, maps, list(settings)))
     return report
+
+
+def format_paired(paired: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+    """Markdown table of paired differences (same samples, same noise): mean ± standard error."""
+    lines = ["| added component | " + " | ".join(h.replace(" ^", "").replace(" v", "") + " diff" for _, h, _ in COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in paired.items():
+        cells = [("n/a" if key not in r else (fmt.format(r[key]["mean"]) + " ± " + fmt.format(r[key]["sem"])))
+                 for key, _, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _coarse(values: List[float], points: int = 20) -> List[float]:

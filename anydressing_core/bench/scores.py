@@ -105,3 +105,19 @@ def summarize(per: Dict[str, np.ndarray], slots: Optional[List[str]] = None) -> 
                 entry[s] = float(col.mean()) if col.size else float("nan")
         res[key] = entry
     return res
+
+
+def paired(after: Dict[str, np.ndarray], before: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
+    """Per-score paired difference ``after - before`` over entries valid in both: mean, sem, n.
+
+    The settings share samples and sampling noise, so pairing removes the sample-to-sample spread.
+    """
+    res = {}
+    for key in after:
+        if key not in before:
+            continue
+        d = after[key] - before[key]
+        d = d[~np.isnan(d)]
+        res[key] = {"mean": float(d.mean()) if d.size else float("nan"),
+                    "sem": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan"), "n": int(d.size)}
+    return res

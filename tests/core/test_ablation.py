@@ -92,10 +92,20 @@ def test_quick_benchmark_writes_table_json_and_picture(tmp_path):
     res = report["results"]
     assert list(res) == list(SETTINGS) + ["ground_truth"]
     assert "loc_iou" not in res["none"] and 0.0 <= res["gfe"]["loc_iou"]["mean"] <= 1.0
+    assert set(report["paired"]) == {"gfe - base", "gfe_igl - gfe", "gfe_igl_gtl - gfe_igl", "base - zero_shot"}
     assert res["ground_truth"]["colour_err"]["mean"] == 0.0
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["results"]["base"]["confused"]["n"] > 0 and saved["timing_s"]["total"] > 0
     table = (tmp_path / "ablation.md").read_text()
-    assert all(f"| {s} |" in table for s in SETTINGS)
+    assert all(f"| {s} |" in table for s in SETTINGS) and "| gfe - base |" in table
     pic = cv2.imread(str(tmp_path / "samples.png"))
     assert pic is not None and pic.shape[1] > pic.shape[0]
+
+
+def test_paired_differences_on_known_values():
+    after = {"x": np.array([[1.0, 2.0], [3.0, np.nan]])}
+    before = {"x": np.array([[0.0, 1.0], [1.0, 5.0]]), "y": np.zeros((2, 2))}
+    d = scores.paired(after, before)
+    assert set(d) == {"x"} and d["x"]["n"] == 3
+    assert d["x"]["mean"] == pytest.approx(4 / 3)
+    assert d["x"]["sem"] == pytest.approx(np.std([1.0, 1.0, 2.0], ddof=1) / np.sqrt(3))
