@@ -348,6 +348,19 @@ def save_checkpoint(path: str, tensors: Mapping[str, torch.Tensor], meta: Checkp
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=meta.to_strings())
 
 
+def sniff_format(path: str) -> str:
+    """What a weight file is by its first bytes, never its name: safetensors, torch-zip, pickle or unknown."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"  # torch.save's zip container holds a pickle
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"  # 8-byte little-endian header size, then the JSON header
+    return "unknown"
+
+
 def read_safetensors(path: str, load: bool = True) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """``(tensors or shapes, metadata)`` of a safetensors file, with a clear error for bad files."""
     from safetensors import safe_open
@@ -363,6 +376,10 @@ def read_safetensors(path: str, load: bool = True) -> Tuple[Dict[str, Any], Dict
                 data = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types (SafetensorError, OSError)
         size = os.path.getsize(path)
+        if sniff_format(path) in ("pickle", "torch-zip"):
+            raise AnyDressingError(
+                f"{path} is a pickled torch file, whatever its name says. Pickles can run code, so they are never "
+                "loaded directly: convert it with `python -m anydressing_core.convert IN -o OUT.safetensors`.") from None
         raise AnyDressingError(
             f"{path} ({size} bytes) is not a readable safetensors file: truncated, corrupted or another format "
             f"(safetensors says: {e}). Download or convert it again; pickles (.pt/.pth/.bin) go through "

@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import torch
 
-from .checkpoint import AnyDressingAdapter, read_safetensors
+from .checkpoint import AnyDressingAdapter, read_safetensors, sniff_format
 from .errors import AnyDressingError
 from .importers import import_state_dicts
 
@@ -31,7 +31,9 @@ DTYPES = {"keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": t
 
 def read_any(path: str):
     """State dict of a safetensors or (weights-only) pickle file."""
-    if path.endswith(".safetensors"):
+    if not os.path.isfile(path):
+        raise AnyDressingError(f"no file at {path}")
+    if sniff_format(path) == "safetensors":  # by content, never by file name
         return read_safetensors(path)[0]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -52,6 +52,8 @@ class AnyDressingGarment:
             raise AnyDressingError(f"'garments' must come from another AnyDressing Garment node (got {type(garments).__name__})")
         if slot not in SLOTS:
             raise AnyDressingError(f"unknown slot {slot!r}; use one of {', '.join(SLOTS)}")
+        if mask_mode not in MaskMode.ALL:
+            raise AnyDressingError(f"unknown mask_mode {mask_mode!r}; use one of {MaskMode.ALL}")
         if getattr(image, "ndim", 0) != 4:
             raise AnyDressingError(f"'image' must be an IMAGE batch [B, H, W, C]; got shape {tuple(getattr(image, 'shape', ()))}")
         if image.shape[0] == 0:

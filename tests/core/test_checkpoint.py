@@ -160,3 +160,24 @@ def test_zero_shot_adapter_has_no_weights_and_saves(tmp_path):
     out = adapter.project(feats)
     assert out.kv is None and out.form == "joint"
     assert json.loads(CheckpointMeta.to_strings(meta)["anydressing.layers"]) == ["input.1.0", "middle.0.0"]
+
+
+def test_pickle_named_safetensors_is_recognised_by_content(tmp_path):
+    import torch
+
+    from anydressing_core.checkpoint import load_checkpoint, sniff_format
+    from anydressing_core.errors import AnyDressingError
+
+    fake = tmp_path / "looks_safe.safetensors"
+    torch.save({"w": torch.zeros(2)}, fake)
+    assert sniff_format(str(fake)) == "torch-zip"
+    legacy = tmp_path / "legacy.safetensors"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert sniff_format(str(legacy)) == "pickle"
+    for path in (fake, legacy):
+        try:
+            load_checkpoint(str(path))
+        except AnyDressingError as e:
+            assert "pickled" in str(e) and "anydressing_core.convert" in str(e)
+        else:
+            raise AssertionError("a pickle was loaded as safetensors")
