@@ -223,7 +223,7 @@ def _prompt(ckpt, colour, seed, text):
 def test_second_queue_run_with_unchanged_garments_does_not_reencode(host, tiny_model_names, monkeypatch, tmp_path):
     import execution
 
-    host.folder_paths.set_temp_directory(str(tmp_path))
+    monkeypatch.setattr(host.folder_paths, "temp_directory", str(tmp_path))  # PreviewImage writes here
     cls = host.nodes.NODE_CLASS_MAPPINGS["AnyDressingEncodeGarments"]
     counts = {"encode": 0}
     original = cls.encode
