@@ -114,7 +114,12 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     if missing:
         raise AnyDressingError(f"the garment pass did not reach layers {missing}; another pack may be skipping blocks")
     store = comfy.model_management.intermediate_device()
-    tokens = {k: recorder.tokens[k].to(device=store, dtype=dtype).clone() for k in keys}
+    tokens = {}
+    for k in keys:
+        # outside inference_mode: a moved copy is already a normal tensor; clone only when .to() moved nothing
+        t = recorder.tokens[k]
+        moved = t.to(device=store, dtype=dtype)
+        tokens[k] = moved.clone() if moved.data_ptr() == t.data_ptr() else moved
     log.info("AnyDressing: encoded %d garments at %dx%d into %d layers (%.1f MiB)", n, width, height, len(keys),
              sum(t.numel() * t.element_size() for t in tokens.values()) / 2**20)
     features = GarmentFeatures(
