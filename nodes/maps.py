@@ -34,9 +34,9 @@ def average_maps(store: MapStore, out_hw) -> torch.Tensor:
 def maps_picture(maps: torch.Tensor, names) -> torch.Tensor:
     """Side-by-side panels, one per garment, labelled: IMAGE ``[1, H, W*N, 3]``."""
     panels = []
+    top = max(float(maps.max()), 1e-6)  # one scale for all panels, so garments' shares compare
     for i, m in enumerate(maps):
-        a = m.numpy()
-        a = a / max(float(a.max()), 1e-6)
+        a = m.numpy() / top
         img = cv2.applyColorMap((a * 255).astype(np.uint8), _COLORMAPS[i % len(_COLORMAPS)])
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         label = names[i] if i < len(names) else str(i + 1)
