@@ -131,7 +131,7 @@ def test_bad_prompts_fail_clearly_and_the_next_normal_prompt_is_unchanged(client
     listed = info["AnyDressingLoader"]["input"]["required"]["anydressing_name"][0]
     assert {"truncated.safetensors", "pickled.safetensors"} <= set(listed), listed
     failed(client, loader_graph(tiny_files, "truncated.safetensors"), "not a readable safetensors")
-    failed(client, loader_graph(tiny_files, "pickled.safetensors"), "not a readable safetensors")
+    failed(client, loader_graph(tiny_files, "pickled.safetensors"), "pickled torch file")
     assert not marker.exists(), "the server executed code from a weight file"
     with pytest.raises(RunnerError) as err:  # validation: the name is not in the list
         client.queue(loader_graph(tiny_files, "../checkpoints/" + tiny_files["checkpoint"].name))

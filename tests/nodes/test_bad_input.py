@@ -519,8 +519,8 @@ BAD_FILES = {
     "B44": ("foreign safetensors (unknown keys)", "foreign.safetensors", "not an AnyDressing checkpoint.*convert"),
     "B45": ("a full SD1.5 checkpoint in the wrong folder", "sd15_checkpoint.safetensors", "not an AnyDressing checkpoint"),
     "B46": ("a newer format version", "newer.safetensors", "format version 999; this pack reads up to .*Update"),
-    "B47": ("a pickle renamed .safetensors (would run code)", "pickle_renamed.safetensors", "not a readable safetensors.*convert"),
-    "B48": ("a .pth pickle asked for by name (would run code)", "evil.pth", "not a readable safetensors.*convert"),
+    "B47": ("a pickle renamed .safetensors (would run code)", "pickle_renamed.safetensors", "pickled torch file.*never loaded directly.*anydressing_core.convert"),
+    "B48": ("a .pth pickle asked for by name (would run code)", "evil.pth", "pickled torch file.*never loaded directly.*anydressing_core.convert"),
     "B49": ("a name that is not there", "missing.safetensors", "'missing.safetensors' is not in any anydressing folder"),
 }
 
