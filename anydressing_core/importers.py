@@ -12,8 +12,8 @@ Layouts (../shared/PEERS.md):
 * ``imagdressing``: ``ref_unet.*`` (diffusers UNet), ``adapter_modules.{2j}.to_k_ref.weight`` /
   ``to_v_ref.weight`` (same numbering), ``proj.*`` (an IP-Adapter-plus style resampler over
   CLIP-ViT-H tokens that IMAGDressing feeds to ref_unet's attn2).  The resampler is stored under
-  ``resampler.*`` but not run yet: ComfyUI paths run GarmentsNet's attn2 as documented in
-  docs/FORMAT.md (follow-up).
+  ``resampler.*``; Encode Garments runs it (:mod:`.resampler`) when a CLIP vision model is
+  connected, as docs/FORMAT.md says.
 
 All three are non-commercial (MagicClothing CC BY-NC-SA 4.0, IMAGDressing research only); the
 licence is written into the converted file's metadata.

@@ -58,7 +58,7 @@ class AnyDressingPipeline:
                         f"GarmentsNet weights of {adapter.name or 'the adapter'} do not fit this UNet: "
                         f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
         if context == "image_tokens":
-            log.warning("AnyDressing: GarmentsNet context 'image_tokens' (IMAGDressing resampler) is not implemented; "
+            log.warning("AnyDressing: GarmentsNet context 'image_tokens' (IMAGDressing resampler) runs in ComfyUI only; "
                         "running its cross-attention on the empty prompt instead (docs/FORMAT.md)")
         gunet.requires_grad_(False)
         self.garments_net = GarmentsNet(gunet, context=context, gfe=adapter.gfe if adapter else None)

@@ -13,6 +13,7 @@ import comfy.utils
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.garments import GarmentList, prepare_garment
+from ..anydressing_core.resampler import Resampler
 from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
 from .loader import adapter_encode_options, adapter_features, check_adapter, model_channels
 
@@ -76,7 +77,26 @@ def check_vae(vae, model):
         )
 
 
-def encode_garments(model, vae, garments: GarmentList, width: int, height: int, adapter=None) -> GarmentFeatures:
+def image_token_context(adapter, clip_vision, pixels):
+    """IMAGDressing's GarmentsNet context: its resampler over CLIP-vision tokens of each garment, ``[N, Q, D]``."""
+    if adapter is None or getattr(adapter, "resampler", None) is None or \
+            adapter.meta.garments_net_context != "image_tokens":
+        if clip_vision is not None:
+            log.info("AnyDressing: clip_vision is only used by weights with an image-token context; ignored")
+        return None
+    if clip_vision is None:
+        log.warning("AnyDressing: %s reads garment image tokens; connect a CLIP vision model (ViT-H) to Encode "
+                    "Garments, otherwise the empty prompt stands in and garments transfer worse", adapter.name)
+        return None
+    if not hasattr(clip_vision, "encode_image"):
+        raise AnyDressingError(f"'clip_vision' must be a CLIP_VISION (Load CLIP Vision); got {type(clip_vision).__name__}")
+    tokens = clip_vision.encode_image(pixels)["penultimate_hidden_states"]
+    with torch.inference_mode():
+        return Resampler(adapter.resampler)(tokens.float().cpu())
+
+
+def encode_garments(model, vae, garments: GarmentList, width: int, height: int, adapter=None,
+                    clip_vision=None) -> GarmentFeatures:
     if not isinstance(garments, GarmentList) or len(garments) == 0:
         raise AnyDressingError("no garments: connect at least one AnyDressing Garment node to 'garments'")
     if width % 64 or height % 64 or not (64 <= width <= 2048 and 64 <= height <= 2048):
@@ -106,7 +126,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
     # trained weights: each garment row gets its slot's GFE LoRA (issue 4; nodes/loader.py)
-    options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys, model)
+    context = image_token_context(adapter, clip_vision, pixels)
+    options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys, model, context=context)
     with torch.inference_mode():
         dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device, dtype=dtype),
            transformer_options=options, **kwargs)
@@ -159,11 +180,13 @@ class AnyDressingEncodeGarments:
             "optional": {
                 "adapter": (ANYDRESSING, {"tooltip": "Optional, from AnyDressing Loader (connect its garments_net to model): "
                                                      "garment LoRA per slot and trained K'/V' projections. Empty = zero-shot."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Only for IMAGDressing weights: the CLIP vision model (ViT-H) whose "
+                                                           "garment tokens their resampler turns into GarmentsNet's context."}),
             },
         }
 
-    def encode(self, model, vae, garments, width, height, adapter=None):
-        return (encode_garments(model, vae, garments, width, height, adapter),)
+    def encode(self, model, vae, garments, width, height, adapter=None, clip_vision=None):
+        return (encode_garments(model, vae, garments, width, height, adapter, clip_vision),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingEncodeGarments": AnyDressingEncodeGarments}

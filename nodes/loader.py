@@ -86,7 +86,7 @@ def _comfy_attention(q, k, v, heads, mask=None, **_):
     return optimized_attention(q, k, v, heads, mask=mask)
 
 
-def adapter_encode_options(adapter, options: dict, slots, keys, model=None) -> dict:
+def adapter_encode_options(adapter, options: dict, slots, keys, model=None, context=None) -> dict:
     """Add the adapter's GFE to the transformer_options of a GarmentsNet pass (in place; returned).
 
     ``options`` must already hold fresh ``patches`` / ``patches_replace`` dicts (Encode Garments'
@@ -98,8 +98,9 @@ def adapter_encode_options(adapter, options: dict, slots, keys, model=None) -> d
     if adapter is None:
         return options
     check_adapter(adapter, {k: None for k in keys}, "the GarmentsNet MODEL", widths=False)
-    if adapter.garment_context is not None and model is not None:
-        _restore_attn2(options, model, adapter.garment_context)
+    context = context if context is not None else adapter.garment_context
+    if context is not None and model is not None:
+        _restore_attn2(options, model, context)
     hooks = adapter.encode_hooks(list(slots), attention=_comfy_attention)
     if hooks is None:
         return options
@@ -119,7 +120,8 @@ class _GarmentContext:
         self.context = context
 
     def __call__(self, n, context, value, extra_options):
-        ctx = self.context.to(device=n.device, dtype=n.dtype).expand(n.shape[0], -1, -1)
+        ctx = self.context.to(device=n.device, dtype=n.dtype)  # [1, S, D] shared, or [N, S, D] one per garment
+        ctx = ctx.expand(n.shape[0], -1, -1) if ctx.shape[0] == 1 else ctx
         return n, ctx, ctx
 
     def __deepcopy__(self, memo):
@@ -205,7 +207,8 @@ class AnyDressingLoader:
         context = adapter.meta.garments_net_context
         if context != "none":
             if clip is not None:
-                # [choice] "image_tokens" (IMAGDressing's resampler) is not implemented: the empty prompt stands in
+                # "image_tokens" (IMAGDressing): Encode Garments runs the resampler when a CLIP vision model is
+                # connected to it; the empty prompt stands in otherwise [choice]
                 adapter.garment_context = clip.encode_from_tokens(clip.tokenize(""))
             else:
                 log.warning("AnyDressing: %s was trained with GarmentsNet context %r; connect the checkpoint's CLIP "

@@ -159,6 +159,48 @@ def test_encode_and_apply_take_the_adapter(host, base, saved):
         host.run("AnyDressingEncodeGarments", model=gnet, vae=vae, garments=hat, width=64, height=64, adapter=adapter)
 
 
+class _FakeClipVision:
+    """Stands in for Load CLIP Vision's output: ``encode_image`` gives penultimate tokens of a fixed width."""
+
+    def __init__(self, width, seed=0):
+        self.width, self.seed, self.calls = width, seed, 0
+
+    def encode_image(self, image, crop=True):
+        self.calls += 1
+        g = torch.Generator().manual_seed(self.seed)
+        base = torch.randn(1, 9, self.width, generator=g)
+        return {"penultimate_hidden_states": base + image.mean(dim=(1, 2, 3)).view(-1, 1, 1)}
+
+
+def test_imagdressing_resampler_context_reaches_garmentsnet(host, base, saved):
+    """IMAGDressing weights: Encode Garments runs their resampler over CLIP-vision tokens of each garment and
+    GarmentsNet's cross-attention reads it; without clip_vision the features differ (attn2 removed)."""
+    from helpers import garment_image
+    from resampler_weights import tiny_resampler
+
+    errors = host.module("anydressing_core.errors")
+    model, clip, vae = base
+    gnet, adapter = host.run("AnyDressingLoader", anydressing_name="trained.safetensors", model=model)
+    adapter.resampler = tiny_resampler(embed=48, dim=768, queries=4, inner=64, depth=1)
+    adapter.meta.garments_net_context = "image_tokens"
+    chain = host.run("AnyDressingGarment", image=garment_image((0.9, 0.1, 0.1)), slot="upper", weight=1.0)[0]
+    chain = host.run("AnyDressingGarment", image=garment_image((0.1, 0.1, 0.9)), slot="lower", weight=1.0,
+                     garments=chain)[0]
+
+    def encode(cv):
+        return host.run("AnyDressingEncodeGarments", model=gnet, vae=vae, garments=chain, width=64, height=64,
+                        adapter=adapter, clip_vision=cv)[0]
+
+    cv = _FakeClipVision(48)
+    with_tokens, without = encode(cv), encode(None)
+    assert cv.calls == 1
+    last = max(with_tokens.tokens)  # a layer after the first cross-attention
+    assert not torch.allclose(with_tokens.tokens[last], without.tokens[last])
+    torch.testing.assert_close(encode(_FakeClipVision(48)).tokens[last], with_tokens.tokens[last])
+    with pytest.raises(errors.AnyDressingError, match="CLIP vision"):
+        encode(_FakeClipVision(40))
+
+
 def test_ldm_config_from_diffusers_matches_comfys_own(host, base):
     keys = host.module("anydressing_core.keys")
     theirs = base[0].model.model_config.unet_config
