@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 import tracemalloc
 import types
 from pathlib import Path
@@ -76,15 +75,12 @@ def heavy(g, before, monkeypatch):
 
 
 def refused(heavy, fn, match):
-    """``fn()`` raises AnyDressingError matching ``match``, fast and before any heavy work."""
-    t = time.perf_counter()
+    """``fn()`` raises AnyDressingError matching ``match`` before any heavy work (counted, not timed)."""
     with pytest.raises(ValueError) as info:
         fn()
-    took = time.perf_counter() - t
     assert type(info.value).__name__ == "AnyDressingError", f"{type(info.value).__name__}: {info.value}"
     assert re.search(match, str(info.value), re.I), str(info.value)
     assert heavy == {"vae": 0, "unet": 0}, f"heavy work ran before the error: {heavy}"
-    assert took < 2.0, f"the error took {took:.2f} s"
     return str(info.value)
 
 
@@ -152,9 +148,7 @@ def test_huge_picture_is_downscaled_before_any_copy(host, heavy):
     big[:, 1000:5000, 1000:4000] = torch.tensor(RED)
     tracemalloc.start()
     try:
-        t = time.perf_counter()
         chain = garment(host, big)
-        took = time.perf_counter() - t
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -163,7 +157,6 @@ def test_huge_picture_is_downscaled_before_any_copy(host, heavy):
     assert abs(item.image.shape[1] / item.image.shape[0] - 5000 / 6000) < 1e-3
     full = big.numel() * 4
     assert peak < 0.75 * full, f"peak {peak / 2**20:.0f} MiB while preprocessing a {full / 2**20:.0f} MiB picture"
-    assert took < 10, f"took {took:.1f} s"
 
 
 def test_thin_huge_picture_with_its_own_mask_is_accepted(host, heavy):
@@ -175,16 +168,18 @@ def test_thin_huge_picture_with_its_own_mask_is_accepted(host, heavy):
     assert item.image.shape[:2] == item.mask.shape and max(item.mask.shape) == 4096 and item.mask.max() == 1
 
 
-def test_huge_picture_auto_mask_is_fast(host):
-    """A 4096 px garment on a plain background is auto-masked on a 1024 px copy: seconds, not 15 s."""
+def test_huge_picture_auto_mask_works_on_a_small_copy(host, monkeypatch):
+    """A 4096 px garment on a plain background is auto-masked on a copy of at most AUTO_MASK_SIDE (the
+    morphology then costs a fraction of a second, not 15 s); the mask comes back at full size."""
     garments = host.module("anydressing_core.garments")
+    seen = []
+    morph = garments.cv2.morphologyEx
+    monkeypatch.setattr(garments.cv2, "morphologyEx", lambda a, *r, **k: seen.append(a.shape) or morph(a, *r, **k))
     img = torch.ones(4096, 3072, 3)
     img[512:-512, 512:-512] = torch.tensor(RED)
-    t = time.perf_counter()
     m = garments.auto_mask(img.numpy())
-    took = time.perf_counter() - t
     assert m.shape == (4096, 3072) and m[2048, 1536] == 1 and m[100, 100] == 0
-    assert took < 3, f"auto-mask of a 4096 px garment took {took:.1f} s"
+    assert seen and max(max(shape) for shape in seen) <= garments.AUTO_MASK_SIDE, seen
 
 
 # ---------------------------------------------------------------- masks, slots, weights, chains
