@@ -125,13 +125,6 @@ class DressingShared:
                 start = i
         return tuple(out)
 
-    def rows(self, extra, batch: int, device) -> torch.Tensor:
-        """The dressed rows as a boolean mask ``[B]`` (kept for callers; the patch uses :meth:`segments`)."""
-        flags = torch.zeros(batch, dtype=torch.bool)
-        for start, stop, on in self.segments(extra, batch):
-            flags[start:stop] = on
-        return flags.to(device)
-
     def garment_kv(self, key: BlockKey, like: torch.Tensor):
         """K', V' of one layer, ``[1, N*L, C]`` each, computed once per run."""
         cached = self.state.kv.get(key)

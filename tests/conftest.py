@@ -8,7 +8,6 @@ The host is found via ``COMFYUI_PATH``, else ``~/ComfyUI``, else the ComfyUI tha
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -20,16 +19,14 @@ pytest_plugins = ["model_fixtures"]
 
 
 def find_host() -> Path | None:
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    candidates.append(Path.home() / "ComfyUI")
-    if REPO.parent.name == "custom_nodes":
-        candidates.append(REPO.parent.parent)
-    for c in candidates:
-        if (c / "main.py").is_file() and (c / "comfy").is_dir():
-            return c.resolve()
-    return None
+    """The runner's rule (one place): $COMFYUI_PATH, else ~/ComfyUI, else the ComfyUI holding this pack."""
+    from anydressing_run.errors import RunnerError
+    from anydressing_run.server import find_comfyui
+
+    try:
+        return find_comfyui()
+    except RunnerError:
+        return None
 
 
 HOST = find_host()
