@@ -4,15 +4,20 @@ On the CPU each run also records the process CPU time (``time.process_time``, al
 machine shared with other jobs, wall time includes waiting for a core, CPU time mostly does not, so the
 CPU-time ratio is the steadier of the two (both are reported).
 
-Memory on the CPU is the process RSS sampled every ~2 ms by a thread while the measured call runs
-(``peak - rss_before``).  glibc keeps freed blocks mapped, which would hide later peaks, so
-``benchmarks.speed`` re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` (large tensors are then
-mmapped and returned to the OS on free) before importing torch.  On CUDA the allocator's own peak
-(``torch.cuda.max_memory_allocated``) is used instead, which is exact.
+Time and memory are measured in SEPARATE runs.  Memory on the CPU is the process RSS sampled every
+~2 ms by a thread while the measured call runs (``peak - rss_before``); glibc keeps freed blocks
+mapped, which would hide later peaks, so memory runs first switch glibc to returning every large free
+to the OS (:func:`release_freed_memory`).  Both of those distort time: the polling thread takes CPU
+from the run, and with every tensor over 64 KiB freshly mmapped, page faults made the tiny UNet's
+runs 70% slower and inflated any extra allocation's cost (measured, docs/PERFORMANCE.md).  So timed
+runs use the default allocator and no polling (``measure(..., memory=False)``), and
+``benchmarks.speed`` does all memory runs after all timed runs.  On CUDA the allocator's own peak
+(``torch.cuda.max_memory_allocated``) is used instead, which is exact and costs nothing.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -74,11 +79,28 @@ class Sample:
     def as_dict(self) -> dict:
         return {"median_s": self.median_s, "times_s": self.times, "spread": self.spread,
                 "cpu_median_s": statistics.median(self.cpu) if self.cpu else None, "cpu_s": self.cpu,
-                "peak_delta_mib": statistics.median(self.peak_delta), "peak_abs_mib": statistics.median(self.peak_abs)}
+                "peak_delta_mib": statistics.median(self.peak_delta) if self.peak_delta else None,
+                "peak_abs_mib": statistics.median(self.peak_abs) if self.peak_abs else None}
 
 
-def measure(fn: Callable[[], object], repeats: int, cuda: bool) -> Sample:
-    """Run ``fn`` ``repeats`` times; time each run and record its memory peak."""
+def release_freed_memory() -> bool:
+    """Make glibc return large frees to the OS from now on (mmap threshold 64 KiB, trim threshold
+    128 KiB), so RSS peaks of later runs are visible.  For memory runs only: it slows every run.
+    Returns False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 65536)) and bool(libc.mallopt(m_trim_threshold, 131072))
+    except (OSError, AttributeError):
+        return False
+
+
+def measure(fn: Callable[[], object], repeats: int, cuda: bool, memory: bool = True) -> Sample:
+    """Run ``fn`` ``repeats`` times; time each run and, with ``memory``, record its memory peak
+    (on the CPU that polls RSS on a thread, so timed runs pass ``memory=False``)."""
     s = Sample()
     for _ in range(repeats):
         if cuda:
@@ -92,6 +114,11 @@ def measure(fn: Callable[[], object], repeats: int, cuda: bool) -> Sample:
             peak = torch.cuda.max_memory_allocated()
             s.peak_delta.append((peak - base) / MiB)
             s.peak_abs.append(peak / MiB)
+        elif not memory:
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            s.times.append(time.perf_counter() - t0)
+            s.cpu.append(time.process_time() - c0)
         else:
             with RssPeak() as rss:
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -159,3 +186,75 @@ def load_average() -> Optional[float]:
         return psutil.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+def _median_call_s(fn: Callable[[], object], cuda: bool, inner: int = 20, outer: int = 5) -> float:
+    """Median over ``outer`` batches of the mean time of ``inner`` back-to-back calls (seconds per call)."""
+    fn()
+    times = []
+    for _ in range(outer):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+def kernel_floor(attention: Callable, layers: Dict[tuple, dict], steps: int, form: str, strength: float,
+                 device, dtype, cuda: bool = False) -> dict:
+    """What the attention kernel alone charges for Dressing-Attention: the floor of any implementation
+    that uses this kernel, with none of our code (no concatenation, bias building, row slicing, Python).
+
+    For every layer shape (``layers[key] = {"T", "S", "C", "heads"}``; equal shapes are timed once) it
+    times, on random tensors prepared beforehand, the exact kernel calls of one CFG step:
+
+    * plain: one call on the batch of 2 rows (what ComfyUI does without AnyDressing);
+    * dressed, paper CFG policy: the positive row with the garment tokens (joint: one call on the
+      concatenated keys, with the log-strength bias row when strength != 1; separate: the own-token call
+      plus the garment-token call) and the negative row alone;
+
+    and adds the once-per-run K'/V' projections (two ``[S, C] x [C, C]`` matmuls per layer). Returns the
+    seconds added per run and the kernel's FLOP rate on the added work, so a run's measured overhead can
+    be compared with what the kernel alone costs (``docs/PERFORMANCE.md``).
+    """
+    gen = torch.Generator().manual_seed(5)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device, dtype)
+
+    per_shape: Dict[tuple, float] = {}
+    added_step = proj = 0.0
+    for d in layers.values():
+        shape = (d["T"], d["S"], d["C"], d["heads"])
+        if shape not in per_shape:
+            t, s, c, h = shape
+            q, k, v = rnd(2, t, c), rnd(2, t, c), rnd(2, t, c)
+            gk, gv = rnd(1, s, c), rnd(1, s, c)
+            with torch.inference_mode():
+                plain = _median_call_s(lambda: attention(q, k, v, h), cuda)
+                neg = _median_call_s(lambda: attention(q[1:], k[1:], v[1:], h), cuda)
+                if form == "separate":
+                    pos = _median_call_s(lambda: (attention(q[:1], k[:1], v[:1], h), attention(q[:1], gk, gv, h)), cuda)
+                else:
+                    kk, vv = torch.cat([k[:1], gk], 1), torch.cat([v[:1], gv], 1)
+                    mask = None
+                    if strength != 1.0:
+                        mask = torch.cat([torch.zeros(1, t, dtype=dtype), torch.full((1, s), math.log(strength), dtype=dtype)],
+                                         1).to(device)
+                    pos = _median_call_s(lambda: attention(q[:1], kk, vv, h, mask=mask), cuda)
+                w_k, w_v = rnd(c, c), rnd(c, c)
+                f = rnd(s, c)
+                kv = _median_call_s(lambda: (f @ w_k, f @ w_v), cuda)
+            per_shape[shape] = (pos + neg - plain, kv)
+        step_s, kv_s = per_shape[shape]
+        added_step += step_s
+        proj += kv_s
+    added_attention_flops = sum(4 * d["T"] * d["S"] * d["C"] for d in layers.values()) * steps
+    attention_s = added_step * steps
+    return {"added_s_per_run": attention_s + proj, "attention_s_per_run": attention_s, "kv_s_per_run": proj,
+            "added_attention_gflops_per_s": added_attention_flops / attention_s / 1e9 if attention_s > 0 else None,
+            "shapes": {f"T{t}_S{s}_C{c}_h{h}": {"added_step_s": a, "kv_s": b} for (t, s, c, h), (a, b) in per_shape.items()}}

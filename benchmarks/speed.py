@@ -23,21 +23,11 @@ import logging
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "TQDM_DISABLE": "1"}
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.speed")
-
-
-def _reexec_with_malloc_env():
-    """Large frees must return memory to the OS, or RSS peaks after the first run are invisible."""
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    env = dict(os.environ, **MALLOC_ENV)
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.speed", *sys.argv[1:]], env)
 
 
 def parse_args(argv=None):
@@ -121,7 +111,7 @@ class Bench:
                 dm(x, timesteps=ts, context=ctx)
         step()
         probe.close()
-        s = measure(step, self.ns.repeats, self.cuda)
+        s = measure(step, self.ns.repeats, self.cuda, memory=False)
         return s, probe.tokens
 
     def encode(self, n, w, h):
@@ -136,17 +126,17 @@ class Bench:
                 box["f"] = self.host.run("AnyDressingEncodeGarments", model=self.model, vae=self.vae, garments=garments,
                                          width=w, height=h)[0]
         run()  # warm-up
-        s = measure(run, 2 if n == 3 else 1, self.cuda)  # N=3 is the target's point: one more run
+        s = measure(run, 2 if n == 3 else 1, self.cuda, memory=False)  # N=3 is the target's point: one more run
         pixels = self.torch.rand(n, h, w, 3)
 
         def vae_only():
             with self.torch.inference_mode():
                 self.vae.encode(pixels)
-        v = measure(vae_only, 1, self.cuda)
+        v = measure(vae_only, 1, self.cuda, memory=False)
         return box["f"], s, v
 
     def resolution(self, w, h, sink: list, on_row=lambda: None) -> dict:
-        from .measure import count_flops, da_flops, measure
+        from .measure import count_flops, da_flops, kernel_floor
 
         ns, torch = self.ns, self.torch
         latent = {"samples": torch.zeros(1, 4, h // 8, w // 8)}
@@ -163,9 +153,7 @@ class Bench:
                 break
             log.info("  N=%d: encode", n)
             feats, enc, vae = self.encode(n, w, h)
-            dressed = self.host.run("AnyDressingApply", model=self.model, features=feats, strength=0.7,
-                                    start_percent=0.0, end_percent=1.0, form=ns.form,
-                                    cfg_policy="garments in positive only (paper)")[0]
+            dressed = self.apply(feats)
             shared = self.find_shared(dressed)
             dressed_flops = count_flops(lambda: self.sample(dressed, latent))  # doubles as the warm-up run
             calls_one_run = shared.calls
@@ -174,11 +162,14 @@ class Bench:
                                                  lambda: self.sample(dressed, latent))
             layers = {k: {"T": tokens[k], "S": int(t.shape[0] * t.shape[1]), "C": int(t.shape[2])}
                       for k, t in feats.tokens.items()}
+            log.info("  N=%d: kernel floor", n)
+            floor = self.kernel_floor(layers, shared, kernel_floor)
             ana = da_flops(layers, n_rows=1)  # paper CFG policy: garments only in the cond row
             ratio = dressed_s.median_s / plain_s.median_s
             cpu_ratio = (dressed_s.as_dict()["cpu_median_s"] / plain_s.as_dict()["cpu_median_s"]) if plain_s.cpu else None
             pred = dressed_flops / plain_flops
             feat_bytes = feats.nbytes()
+            floor_ovh = floor["added_s_per_run"] / plain_s.median_s  # the overhead the kernel alone charges
             rows.append({
                 "n": n, "with": dressed_s.as_dict(), "without": plain_s.as_dict(),
                 "ratio": ratio, "cpu_ratio": cpu_ratio, "flops_with": dressed_flops, "flops_without": plain_flops,
@@ -188,6 +179,10 @@ class Bench:
                 "analytic_added_flops_per_run": ns.steps * ana["per_step"] + ana["kv_per_run"],
                 "counted_added_flops_per_run": dressed_flops - plain_flops,
                 "da_calls_per_run": calls_one_run,
+                "kernel_floor": floor, "kernel_floor_overhead": floor_ovh,
+                "overhead_measured_over_kernel_floor": (ratio - 1) / floor_ovh if floor_ovh > 0 else None,
+                "kernel_floor_over_predicted": floor_ovh / (pred - 1) if pred > 1 else None,
+                "plain_gflops_per_s": plain_flops / plain_s.median_s / 1e9,
                 "features_mib": feat_bytes / 2**20, "features_dtype": str(next(iter(feats.tokens.values())).dtype),
                 "kv_cache_mib": 2 * feat_bytes / 2**20 if feats.kv is None else 0.0,
                 "encode": enc.as_dict(), "vae_encode": vae.as_dict(),
@@ -196,18 +191,51 @@ class Bench:
                 "encode_unet_over_step": max(enc.median_s - vae.median_s, 0.0) / step.median_s,
             })
             del dressed, shared, feats
-            res["memory_fit"] = self._memory_fit(rows)
             on_row()
         return res
 
-    def _alternate(self, plain, dressed):
+    def apply(self, feats):
+        return self.host.run("AnyDressingApply", model=self.model, features=feats, strength=0.7, start_percent=0.0,
+                             end_percent=1.0, form=self.ns.form, cfg_policy="garments in positive only (paper)")[0]
+
+    def memory(self, res: dict, on_row=lambda: None):
+        """Peak memory of plain and dressed runs for every measured N of one resolution (after ALL timed runs:
+        the allocator setting that makes CPU peaks visible slows runs down, see ``measure``)."""
+        from .harness import garment_chain
+
+        w, h = res["width"], res["height"]
+        latent = {"samples": self.torch.zeros(1, 4, h // 8, w // 8)}
+        for r in res["rows"]:
+            with self.torch.inference_mode():
+                feats = self.host.run("AnyDressingEncodeGarments", model=self.model, vae=self.vae,
+                                      garments=garment_chain(self.host, r["n"]), width=w, height=h)[0]
+            dressed = self.apply(feats)
+            plain_m, dressed_m = self._alternate(lambda: self.sample(self.model, latent),
+                                                 lambda: self.sample(dressed, latent), repeats=2, memory=True)
+            for side, m in (("without", plain_m), ("with", dressed_m)):
+                d = m.as_dict()
+                r[side]["peak_delta_mib"], r[side]["peak_abs_mib"] = d["peak_delta_mib"], d["peak_abs_mib"]
+            del dressed, feats
+            res["memory_fit"] = self._memory_fit(res["rows"])
+            on_row()
+
+    def kernel_floor(self, layers, shared, fn):
+        """The host attention kernel's own cost of the added work (``measure.kernel_floor``), per run."""
+        import comfy.ldm.modules.attention as host_attention
+
+        modules = self.attn1_modules(self.model.model.diffusion_model)
+        shapes = {k: dict(d, heads=int(modules[k].heads)) for k, d in layers.items()}
+        return fn(host_attention.optimized_attention, shapes, self.ns.steps, shared.form, shared.strength,
+                  self.model.load_device, self.model.model.get_dtype(), cuda=self.cuda)
+
+    def _alternate(self, plain, dressed, repeats=None, memory=None):
         """Interleave the two so that load changes on a shared machine hit both alike."""
         from .measure import Sample, measure
 
         a, b = Sample(), Sample()
-        for _ in range(self.ns.repeats):
+        for _ in range(repeats or self.ns.repeats):
             for fn, acc in ((plain, a), (dressed, b)):
-                s = measure(fn, 1, self.cuda)
+                s = measure(fn, 1, self.cuda, memory=self.cuda if memory is None else memory)
                 acc.times += s.times
                 acc.cpu += s.cpu
                 acc.peak_delta += s.peak_delta
@@ -218,6 +246,7 @@ class Bench:
     def _memory_fit(rows):
         from .measure import linear_fit
 
+        rows = [r for r in rows if r["with"]["peak_delta_mib"] is not None]
         if len(rows) < 2:
             return None
         ns_ = [r["n"] for r in rows]
@@ -245,7 +274,7 @@ class Bench:
 
 def main(argv=None) -> int:
     ns = parse_args(argv)
-    _reexec_with_malloc_env()
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     from .report import print_report
@@ -267,6 +296,16 @@ def main(argv=None) -> int:
         if bench.out_of_time():
             break
         bench.resolution(w, h, result["resolutions"], on_row=save)
+    from .measure import release_freed_memory
+
+    if bench.cuda:  # the CUDA allocator's peak was recorded by the timed runs at no cost
+        for res in result["resolutions"]:
+            res["memory_fit"] = bench._memory_fit(res["rows"])
+    else:
+        result["env"]["cpu_peaks_visible"] = release_freed_memory()
+        for res in result["resolutions"]:  # memory after every timed run: see Bench.memory
+            log.info("resolution %dx%d: memory runs", res["width"], res["height"])
+            bench.memory(res, on_row=save)
     save()
     print_report(result)
     if not ns.no_save:
