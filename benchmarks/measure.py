@@ -219,7 +219,9 @@ def kernel_floor(attention: Callable, layers: Dict[tuple, dict], steps: int, for
 
     and adds the once-per-run K'/V' projections (two ``[S, C] x [C, C]`` matmuls per layer). Returns the
     seconds added per run and the kernel's FLOP rate on the added work, so a run's measured overhead can
-    be compared with what the kernel alone costs (``docs/PERFORMANCE.md``).
+    be compared with what the kernel alone costs (``docs/PERFORMANCE.md``).  It also times the added
+    FLOPs as two bare batched matrix products (``Q K'^T`` then times ``V'``, no softmax): a lower bound
+    for any attention implementation on this device, kernel or ours.
     """
     gen = torch.Generator().manual_seed(5)
 
@@ -227,7 +229,7 @@ def kernel_floor(attention: Callable, layers: Dict[tuple, dict], steps: int, for
         return torch.randn(*shape, generator=gen).to(device, dtype)
 
     per_shape: Dict[tuple, float] = {}
-    added_step = proj = 0.0
+    added_step = proj = matmul_step = 0.0
     for d in layers.values():
         shape = (d["T"], d["S"], d["C"], d["heads"])
         if shape not in per_shape:
@@ -249,12 +251,19 @@ def kernel_floor(attention: Callable, layers: Dict[tuple, dict], steps: int, for
                 w_k, w_v = rnd(c, c), rnd(c, c)
                 f = rnd(s, c)
                 kv = _median_call_s(lambda: (f @ w_k, f @ w_v), cuda)
-            per_shape[shape] = (pos + neg - plain, kv)
-        step_s, kv_s = per_shape[shape]
+                # the added FLOPs as bare matrix products (no softmax, no scaling): Q K'^T and P V' per head
+                qh, kh, vh = rnd(h, t, c // h), rnd(h, c // h, s), rnd(h, s, c // h)
+                mm = _median_call_s(lambda: torch.bmm(torch.bmm(qh, kh), vh), cuda)
+            per_shape[shape] = (pos + neg - plain, kv, mm)
+        step_s, kv_s, mm_s = per_shape[shape]
         added_step += step_s
         proj += kv_s
+        matmul_step += mm_s
     added_attention_flops = sum(4 * d["T"] * d["S"] * d["C"] for d in layers.values()) * steps
     attention_s = added_step * steps
     return {"added_s_per_run": attention_s + proj, "attention_s_per_run": attention_s, "kv_s_per_run": proj,
             "added_attention_gflops_per_s": added_attention_flops / attention_s / 1e9 if attention_s > 0 else None,
-            "shapes": {f"T{t}_S{s}_C{c}_h{h}": {"added_step_s": a, "kv_s": b} for (t, s, c, h), (a, b) in per_shape.items()}}
+            "matmul_only_s_per_run": matmul_step * steps + proj,
+            "matmul_only_gflops_per_s": added_attention_flops / (matmul_step * steps) / 1e9 if matmul_step > 0 else None,
+            "shapes": {f"T{t}_S{s}_C{c}_h{h}": {"added_step_s": a, "kv_s": b, "matmul_only_step_s": m}
+                       for (t, s, c, h), (a, b, m) in per_shape.items()}}

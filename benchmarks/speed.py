@@ -182,6 +182,8 @@ class Bench:
                 "kernel_floor": floor, "kernel_floor_overhead": floor_ovh,
                 "overhead_measured_over_kernel_floor": (ratio - 1) / floor_ovh if floor_ovh > 0 else None,
                 "kernel_floor_over_predicted": floor_ovh / (pred - 1) if pred > 1 else None,
+                "matmul_bound_over_predicted": (floor["matmul_only_s_per_run"] / plain_s.median_s / (pred - 1)
+                                                if pred > 1 else None),
                 "plain_gflops_per_s": plain_flops / plain_s.median_s / 1e9,
                 "features_mib": feat_bytes / 2**20, "features_dtype": str(next(iter(feats.tokens.values())).dtype),
                 "kv_cache_mib": 2 * feat_bytes / 2**20 if feats.kv is None else 0.0,
