@@ -98,6 +98,16 @@ def release_freed_memory() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(fn: Callable[[], object], repeats: int, cuda: bool, memory: bool = True) -> Sample:
     """Run ``fn`` ``repeats`` times; time each run and, with ``memory``, record its memory peak
     (on the CPU that polls RSS on a thread, so timed runs pass ``memory=False``)."""
@@ -120,6 +130,7 @@ def measure(fn: Callable[[], object], repeats: int, cuda: bool, memory: bool = T
             s.times.append(time.perf_counter() - t0)
             s.cpu.append(time.process_time() - c0)
         else:
+            _trim_heap()  # free heap pages still resident would hide this run's peak
             with RssPeak() as rss:
                 t0, c0 = time.perf_counter(), time.process_time()
                 fn()
@@ -130,9 +141,25 @@ def measure(fn: Callable[[], object], repeats: int, cuda: bool, memory: bool = T
     return s
 
 
+def _count_cpu_flash_sdpa() -> None:
+    """FlopCounterMode knows the CUDA SDPA kernels but not PyTorch's CPU flash kernel, which
+    ``--use-pytorch-cross-attention`` runs on the CPU: without this its attention counted 0 FLOPs.
+    Same formula as the other SDPA kernels (``4 * B * heads * Tq * Tk * d``)."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op.default in flop_counter.flop_registry or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """Total FLOPs of the matmuls, convolutions and SDPA calls that ``fn`` runs (softmax, norms and
     elementwise ops are not counted: FlopCounterMode's convention)."""
+    _count_cpu_flash_sdpa()
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
