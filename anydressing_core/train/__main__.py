@@ -73,7 +73,12 @@ def _export(cfg, args) -> int:
     torch.manual_seed(cfg.run.seed)
     model = DressingTrainModel(load_components(m.base).unet, m.slots, m.lora_rank, m.lora_alpha, m.form,
                                m.train_strength, m.garments_net_trainable)
-    model.load_state_dict(data["model"], strict=False)
+    if ckpt.strategy_of(data["state"]) == "fsdp":  # sharded: read every shard into the full module, here
+        from .fsdp import load_model_state
+
+        model.load_state_dict(load_model_state(args.checkpoint, model.state_dict()))
+    else:
+        model.load_state_dict(data["model"], strict=False)
     path = export_model(model, args.out, cfg, data["state"]["step"])
     print(json.dumps({"exported": str(path), "step": data["state"]["step"]}))
     return 0

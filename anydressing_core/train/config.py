@@ -66,6 +66,7 @@ class RunConfig:
     batch_size: int = 4                 # per process [paper: 4]
     grad_accum: int = 1
     mixed_precision: str = "no"         # no | fp16 | bf16
+    strategy: str = "ddp"               # ddp (replicated weights) | fsdp (sharded weights, gradients, AdamW state)
     num_workers: int = 2
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -161,6 +162,12 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
     cfg = _build(TrainConfig, raw, "")
     if cfg.run.mixed_precision not in ("no", "fp16", "bf16"):
         raise AnyDressingError(f"run.mixed_precision={cfg.run.mixed_precision!r}; use no, fp16 or bf16")
+    if cfg.run.strategy not in ("ddp", "fsdp"):
+        raise AnyDressingError(f"run.strategy={cfg.run.strategy!r}; use ddp or fsdp")
+    if cfg.run.strategy == "fsdp" and cfg.run.mixed_precision == "fp16":
+        raise AnyDressingError("run.mixed_precision=fp16 with run.strategy=fsdp is not supported: the fp16 loss "
+                               "scaler is not wired for sharded gradients here; use run.mixed_precision=bf16 "
+                               "(no loss scaling needed) or run.strategy=ddp")
     if cfg.model.garments_net_trainable not in ("full", "lora"):
         raise AnyDressingError("model.garments_net_trainable must be 'full' or 'lora'")
     if cfg.dataset.kind not in ("manifest", "dresscode", "vitonhd"):

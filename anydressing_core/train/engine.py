@@ -1,4 +1,5 @@
-"""The training loop on HF accelerate (DDP over torch.distributed; 1..N processes, 1..N nodes).
+"""The training loop on HF accelerate over torch.distributed (1..N processes, 1..N nodes): DDP, or
+FSDP (``run.strategy=fsdp``: weights, gradients and AdamW state sharded, see :mod:`.fsdp`).
 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` per process.  Randomness of a
 step (timesteps, noise, latent sampling, CFG dropout) comes from one generator per process whose
@@ -8,6 +9,7 @@ continues exactly where the run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -53,6 +55,10 @@ class Trainer:
             # every trainable weight is in each step's graph (DressingTrainModel._touch_all)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         acc = self.acc
+        if acc.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise AnyDressingError(f"accelerate was configured for {acc.distributed_type.value} (accelerate config / "
+                                   "--use_fsdp / --use_deepspeed); this trainer shards by itself: launch without "
+                                   "those options and set run.strategy=fsdp")
         m = cfg.model
         records = build_records(cfg)
         needed = sorted({g.slot for r in records for g in r.garments} - set(m.slots))
@@ -77,15 +83,30 @@ class Trainer:
         if cfg.loss.texture_weight > 0:
             self.dists = (L.DISTS(random_weights=True) if cfg.loss.dists_random_weights
                           else L.load_dists(cfg.loss.vgg16_path, cfg.loss.dists_alpha_beta or None)).to(acc.device)
+        self.strategy = run.strategy
+        # the optimizer's parameter order, by name: converts a DDP optimizer.pt for an FSDP run
+        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if self.strategy == "fsdp":
+            from . import fsdp
+
+            fsdp.shard(model, acc.device)  # before the optimizer: sharding replaces the parameters
         params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         warm = max(0, o.warmup_steps)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)  # [paper] fixed lr after warmup
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.raw = acc.unwrap_model(self.model)
-        self.n_params = sum(p.numel() for p in params)
+        if self.strategy == "fsdp":
+            # not acc.prepare(model): on a multi-process run that would wrap the sharded module in DDP.
+            # Accelerate still skips optimizer steps between accumulation boundaries; autocast is ours.
+            self.optimizer = acc.prepare(optimizer)
+            self.model = self.raw = model
+            self.autocast = acc.autocast
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)  # DDP; prepare also adds autocast
+            self.raw = acc.unwrap_model(self.model)
+            self.autocast = contextlib.nullcontext
 
         self.dataset = DressingDataset(records, cfg.data, seed=run.seed)
         self.sampler = ResumableSampler(len(self.dataset), run.batch_size, acc.num_processes, acc.process_index,
@@ -125,7 +146,8 @@ class Trainer:
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
         eps = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(dev, z0.dtype)
         zt = sched.add_noise(z0, eps, t)
-        eps_pred = self.model(zt, t, text, gz, batch["slots"].flatten().to(dev), present, keep)
+        with self.autocast():
+            eps_pred = self.model(zt, t, text, gz, batch["slots"].flatten().to(dev), present, keep).float()
         out = {"ldm": L.ldm_loss(eps_pred, eps)}
         total = out["ldm"]
         maps = self.raw.ctx.maps
@@ -156,10 +178,20 @@ class Trainer:
         tmp = ckpt.begin(self.out, self.step, acc.is_main_process)
         acc.wait_for_everyone()
         ckpt.write_rank(tmp, acc.process_index, self._rng_state())
+        state = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                 "world_size": acc.num_processes, "strategy": self.strategy, "config": self.cfg.to_dict()}
         final = None
-        if acc.is_main_process:
-            state = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
-                     "world_size": acc.num_processes, "config": self.cfg.to_dict()}
+        if self.strategy == "fsdp":
+            from . import fsdp
+
+            fsdp.save_sharded(tmp, self.model, self.optimizer.optimizer)  # every process writes its shard
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                state["sharded_files"] = fsdp.shard_sizes(tmp)
+                ckpt.write_sharded_main(tmp, self.lr_sched.state_dict(), state)  # state.json last
+                final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
+                log.info("checkpoint %s", final)
+        elif acc.is_main_process:
             acc.wait_for_everyone()
             ckpt.write_main(tmp, self.raw.state_dict(), self.optimizer.optimizer.state_dict(),
                             self.lr_sched.state_dict(), state)
@@ -179,13 +211,25 @@ class Trainer:
             raise AnyDressingError(f"--resume {where}: no complete checkpoint under {self.out}/checkpoints")
         data = ckpt.load(path, self.acc.process_index)
         st = data["state"]
-        if st.get("world_size") != self.acc.num_processes:
-            raise AnyDressingError(f"{path} was written by {st.get('world_size')} processes, this run has "
-                                   f"{self.acc.num_processes}; use the same count for an exact resume")
-        missing, unexpected = self.raw.load_state_dict(data["model"], strict=False)
-        if unexpected or [k for k in missing if not k.startswith("garments.unet.")]:
-            raise AnyDressingError(f"{path} does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
-        self.optimizer.optimizer.load_state_dict(data["optimizer"])
+        ckpt.check_compatible(path, st, self.acc.num_processes)
+        written_by = ckpt.strategy_of(st)
+        if written_by != self.strategy:  # same weights either way; only the reduction order changes
+            log.warning("%s was written with run.strategy=%s, this run uses %s: converting (the continuation "
+                        "is exact to float rounding, not bit for bit)", path, written_by, self.strategy)
+        if written_by == "fsdp":
+            from . import fsdp
+
+            fsdp.load_sharded(path, self.raw, self.optimizer.optimizer)  # reshards, or gathers for DDP
+        elif self.strategy == "fsdp":
+            from . import fsdp
+
+            fsdp.load_full(self.model, self.optimizer.optimizer, data["model"], data["optimizer"], self.param_names)
+        else:
+            missing, unexpected = self.raw.load_state_dict(data["model"], strict=False)
+            if unexpected or [k for k in missing if not k.startswith("garments.unet.")]:
+                raise AnyDressingError(f"{path} does not fit this model: missing {missing[:4]}, "
+                                       f"unexpected {unexpected[:4]}")
+            self.optimizer.optimizer.load_state_dict(data["optimizer"])
         self.lr_sched.load_state_dict(data["scheduler"])
         self.gen.set_state(data["rng"]["gen"])
         torch.set_rng_state(data["rng"]["torch"])
@@ -227,7 +271,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{last['total']:.4f}")
                 if run.checkpoint_every and self.step % run.checkpoint_every == 0:
                     self.save()
-                if run.sample_every and self.step % run.sample_every == 0 and acc.is_main_process:
+                # FSDP: every process runs the sampler (the weight gathers are collective), process 0 writes
+                if run.sample_every and self.step % run.sample_every == 0 and (
+                        acc.is_main_process or self.strategy == "fsdp"):
                     self.sample_grid()
                 if self.step >= run.max_steps:
                     break
@@ -241,23 +287,37 @@ class Trainer:
         if len(set(digests)) != 1:
             log.error("processes disagree on the weights after training: %s", digests)
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            from .export import export_model
-
-            export_model(self.raw, self.out / run.export_name, self.cfg, self.step)
+        self.export(self.out / run.export_name)
         acc.end_training()
         return {"steps_per_s": speed, "step": self.step, "processes": acc.num_processes,
                 "weights_agree": len(set(digests)) == 1, "weight_digest": digests[0], **last}
 
+    def export(self, path: Path) -> None:
+        """The nodes' format, written by process 0; with FSDP every process takes part in the gather."""
+        from .export import export_model
+
+        model = self.raw
+        if self.strategy == "fsdp":
+            from . import fsdp
+
+            full = fsdp.full_state_dict(self.model)
+            model = fsdp.export_twin(full, self.raw, self.cfg) if self.acc.is_main_process else None
+        if self.acc.is_main_process:
+            export_model(model, path, self.cfg, self.step)
+        self.acc.wait_for_everyone()
+
     def weight_digest(self) -> str:
-        """SHA-1 of this process's trainable weights (bitwise)."""
+        """SHA-1 of this process's trainable weights (bitwise); FSDP shards are gathered (collective)."""
         import hashlib
+
+        from torch.distributed.tensor import DTensor
 
         h = hashlib.sha1()
         for name, p in self.raw.named_parameters():
             if p.requires_grad:
+                w = p.detach().full_tensor() if isinstance(p, DTensor) else p.detach()
                 h.update(name.encode())
-                h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+                h.update(w.float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
     def weight_digests(self) -> list:
@@ -270,9 +330,19 @@ class Trainer:
         from .samples import sample_grid
 
         try:
-            path = sample_grid(self, self.out / "samples" / f"step_{self.step:08d}.png")
-        except (RuntimeError, ValueError) as e:  # a failed preview must not stop training
+            with self.autocast():  # DDP: the prepared module autocasts itself
+                path = sample_grid(self, self.out / "samples" / f"step_{self.step:08d}.png",
+                                   write=self.acc.is_main_process)
+        except (RuntimeError, ValueError) as e:  # a failed preview must not stop training...
+            if self.strategy == "fsdp":  # ...but a forward that stopped half-way leaves FSDP units gathered
+                raise
             log.warning("sample grid at step %d failed: %s", self.step, e)
+            return
+        if self.strategy == "fsdp":
+            from . import fsdp
+
+            fsdp.reshard(self.model)
+        if not self.acc.is_main_process:
             return
         tracker = self.acc.get_tracker("tensorboard", unwrap=True)
         if tracker is not None and path is not None:

@@ -124,6 +124,7 @@ class DressingTrainModel(nn.Module):
                    else AttnProcessor2_0())
             for name in unet.attn_processors})
         self._dressing = [unet]  # a list keeps it out of the module tree
+        self.sharded = False  # set by .fsdp.shard
 
     @staticmethod
     def _key_of(processor_name: str, unet) -> BlockKey:
@@ -144,6 +145,10 @@ class DressingTrainModel(nn.Module):
         Same as ``GarmentsNet.encode`` except that the slot ids stay set after the call: gradient
         checkpointing re-runs GarmentsNet blocks during backward, and they must apply the same LoRA.
         """
+        return self._run_garments(latents, slot_ids, rows)[0]
+
+    def _run_garments(self, latents, slot_ids, rows):
+        """:meth:`encode_garments`, plus GarmentsNet's own output ``[M, 4, h, w]`` (unused by the loss)."""
         g = self.garments
         idx = rows.nonzero().flatten()
         lat = latents[idx]
@@ -152,7 +157,7 @@ class DressingTrainModel(nn.Module):
         try:
             t = torch.zeros(lat.shape[0], device=lat.device)
             dim = g.unet.config.cross_attention_dim
-            g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim))
+            sample = g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim)).sample
             tokens = {k: g._recording[k] for k in g.keys}
         finally:
             g._recording = None
@@ -160,7 +165,7 @@ class DressingTrainModel(nn.Module):
         for key, t in tokens.items():
             full = t.new_zeros((latents.shape[0],) + tuple(t.shape[1:]))
             out[key] = full.index_copy(0, idx, t)
-        return out
+        return out, sample
 
     def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep):
         ctx = self.ctx
@@ -169,15 +174,30 @@ class DressingTrainModel(nn.Module):
         ctx.present, ctx.keep = present, keep
         rows = (present & keep.view(-1, 1)).flatten()
         # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
-        ctx.features = self.encode_garments(garment_latents, slot_ids, rows) if bool(rows.any()) else {}
+        ctx.features, sample = {}, None
+        if bool(rows.any()):
+            ctx.features, sample = self._run_garments(garment_latents, slot_ids, rows)
+        elif self.sharded:  # FSDP all-gathers are collective: every process runs GarmentsNet's units, here on
+            first = torch.zeros_like(rows)  # one garment whose features are then thrown away
+            first[0] = True
+            sample = self._run_garments(garment_latents, slot_ids, first)[1]
         out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
         if torch.is_grad_enabled():
-            out = out + 0.0 * self._touch_all()
+            zero = self._touch_all()
+            if self.sharded:
+                # GarmentsNet's output joins the graph so that backward enters every FSDP unit through its
+                # outputs (FSDP gathers a unit's weights there) and every unit weight gets a gradient
+                zero = zero + sample.reshape(-1)[0]
+            out = out + 0.0 * zero
         return out
 
     def _touch_all(self) -> torch.Tensor:
         """A zero that depends on every trainable weight.  Slots absent from a batch, layers after
         the last attn1 of GarmentsNet and whole CFG-dropped batches would otherwise leave weights out
         of the graph: DDP then needs find_unused_parameters (a graph walk per step), and a batch
-        without garments has no gradient to back-propagate at all."""
-        return sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)
+        without garments has no gradient to back-propagate at all.  Under FSDP every process must
+        also produce gradients for the same weights (reduce-scatter is collective).  Weights of
+        other FSDP units are sharded DTensors by now; they are reached through GarmentsNet's output."""
+        from torch.distributed.tensor import DTensor
+
+        return sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad and not isinstance(p, DTensor))

@@ -34,7 +34,8 @@ def _heat(m: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_grid(trainer, path: Path, count: int = 2) -> Optional[Path]:
+def sample_grid(trainer, path: Path, count: int = 2, write: bool = True) -> Optional[Path]:
+    """Run the sampler; write the grid to ``path`` when ``write`` (FSDP runs it on every process)."""
     from diffusers import DDIMScheduler
 
     comp, raw, cfg, dev = trainer.comp, trainer.raw, trainer.cfg, trainer.acc.device
@@ -67,6 +68,8 @@ def sample_grid(trainer, path: Path, count: int = 2) -> Optional[Path]:
         out = comp.vae.decode(z / comp.vae.config.scaling_factor).sample
     finally:
         raw.ctx.strength, raw.ctx.record_maps = old
+    if not write:
+        return None
     H, W = batch["person"].shape[-2:]
     rows = []
     for r in range(k):

@@ -8,7 +8,13 @@ itself written to a temp name and renamed)::
     optimizer.pt          optimizer state dict (tensors, read back with weights_only=True)
     scheduler.pt          lr scheduler state dict
     rng_rank{r}.pt        each process's noise/timestep/dropout generator and torch RNG
-    state.json            step, epoch, batches done in the epoch, world size, config
+    state.json            step, epoch, batches done in the epoch, world size, strategy, config
+
+With ``run.strategy=fsdp`` the module and AdamW state are sharded: instead of ``model.safetensors``
+and ``optimizer.pt`` the folder holds ``sharded/`` (``torch.distributed.checkpoint``: ``.metadata`` and
+one ``__{rank}_0.distcp`` per process, written by every process at once), and state.json lists the
+size of each of those files so that a damaged or half-copied checkpoint is refused (:mod:`.fsdp`).
+A checkpoint is only complete once ``state.json`` exists, and state.json is written last.
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ def write_main(tmp: Path, model_state: Dict[str, torch.Tensor], optimizer_state,
     atomic_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
 
 
+def write_sharded_main(tmp: Path, scheduler_state, state: Dict[str, Any]) -> None:
+    """The main process's part of an FSDP checkpoint, after every process wrote its shard."""
+    save_torch(tmp / "scheduler.pt", scheduler_state)
+    atomic_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
+
+
 def commit(tmp: Path, keep: int) -> Path:
     """Rename the finished temp folder to its final name; keep only the newest ``keep`` checkpoints."""
     final = tmp.with_name(tmp.name[1:-len(".tmp")])
@@ -104,8 +116,23 @@ def commit(tmp: Path, keep: int) -> Path:
     return final
 
 
+def check_compatible(path: Path, state: Dict[str, Any], world_size: int) -> None:
+    """A checkpoint continues exactly only with the process count that wrote it (RNG and data shards)."""
+    if state.get("world_size") != world_size:
+        raise AnyDressingError(f"{path} was written by {state.get('world_size')} processes, this run has "
+                               f"{world_size}; use the same count for an exact resume")
+
+
+def strategy_of(state: Dict[str, Any]) -> str:
+    return state.get("strategy", "ddp")  # checkpoints from before FSDP were all DDP
+
+
 def load(path: Path, rank: int) -> Dict[str, Any]:
-    """Everything a process needs to continue from ``path``."""
+    """Everything a process needs to continue from ``path``.
+
+    For an FSDP checkpoint ``model`` and ``optimizer`` are absent (read with :func:`.fsdp.load_sharded`
+    once the module exists); the sharded files are checked against the sizes state.json recorded.
+    """
     path = Path(path)
     if not (path / "state.json").is_file():
         raise AnyDressingError(f"{path} is not a complete checkpoint (no state.json); give a step_XXXXXXXX folder")
@@ -115,10 +142,16 @@ def load(path: Path, rank: int) -> Dict[str, Any]:
         raise AnyDressingError(
             f"{path} has no RNG state for process {rank}: it was written by {state.get('world_size')} processes. "
             "Resume with the same number of processes for an exact continuation")
-    return {
+    out = {
         "state": state,
-        "model": load_file(str(path / "model.safetensors")),
-        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
         "scheduler": torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
         "rng": torch.load(rng_file, map_location="cpu", weights_only=True),
     }
+    if strategy_of(state) == "fsdp":
+        from .fsdp import verify
+
+        verify(path, state.get("sharded_files", {}))
+        return out
+    out["model"] = load_file(str(path / "model.safetensors"))
+    out["optimizer"] = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    return out
