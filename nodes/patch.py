@@ -7,7 +7,8 @@ precomputed from an adapter; an OUTER_SAMPLE wrapper opens and closes that per-r
 nothing outlives the run.
 
 Performance (issue 7, docs/PERFORMANCE.md): per layer call the patch does no device->host sync and
-no row copies: the sigma range test is decided once per step (the step's ``sigmas`` tensor is shared
+no row copies, and builds no bias or weight tensors (cached per layer for the run): the sigma range
+test is decided once per step (the step's ``sigmas`` tensor is shared
 by every layer), the CFG rows are contiguous slices (views) computed in Python from
 ``cond_or_uncond``, garment weights stay a Python list, and K'/V' ``[1, N*L, C]`` are shared by the
 batch (expanded, never repeated).
@@ -51,18 +52,20 @@ class RunState:
         self.modules = None
         self.kv = {}
         self.regions = {}
+        self.invariants = {}  # layer key -> dressing_attention's cache of bias rows and weight scales
         self.step = (None, True)  # (sigmas tensor of the current step, active at that step)
 
     def begin(self, diffusion_model):
         if self.depth == 0:
             self.modules = attn1_modules(diffusion_model)
-            self.kv, self.regions, self.step = {}, {}, (None, True)
+            self.kv, self.regions, self.invariants, self.step = {}, {}, {}, (None, True)
         self.depth += 1
 
     def end(self):
         self.depth -= 1
         if self.depth <= 0:
-            self.depth, self.modules, self.kv, self.regions, self.step = 0, None, {}, {}, (None, True)
+            self.depth, self.modules, self.step = 0, None, (None, True)
+            self.kv, self.regions, self.invariants = {}, {}, {}
 
 
 class DressingShared:
@@ -188,6 +191,8 @@ class DressingReplace:
         regions = sh.region_tokens(extra_options, q.shape[1], q)
         store = extra_options.get(MapStore.OPTION)
         lengths = sh.features.lengths(self.key)
+        # settings are fixed for the run: bias rows and weight scales are built once per layer and run
+        cache = sh.state.invariants.setdefault(self.key, {}) if sh.state.depth > 0 else None
 
         def attention(q_, k_, v_, h, mask=None):
             if k_.shape[0] != q_.shape[0]:
@@ -207,6 +212,7 @@ class DressingReplace:
                 qq, kk, vv, gk, gv, heads, lengths, strength=sh.strength, form=sh.form,
                 weights=sh.features.weights, regions=regions, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b_, c, h, mask=None: self._plain(a, b_, c, extra_options),
+                cache=cache,
             )
             if store is not None:
                 out, maps = out

@@ -139,6 +139,29 @@ def test_garment_batch_is_shared_without_copies(qkv):
     torch.testing.assert_close(shared, per_row)
 
 
+@pytest.mark.parametrize("form", [DAForm.SEPARATE, DAForm.JOINT])
+def test_cache_builds_the_settings_tensors_once_and_changes_nothing(qkv, form):
+    """With a caller-owned cache (one sampling run) the bias rows and weight scales are built once per token
+    count and reused; outputs and maps are identical to the uncached call at every call."""
+    q, k, v, gk, gv = qkv
+    regions = torch.zeros(1, 6, 2)
+    regions[:, :3, 0] = 1
+    kw = dict(strength=0.7, weights=[1.0, 2.0], form=form, regions=regions, return_maps=True)
+    cache = {}
+    for step in range(3):
+        kk = k + step
+        cached = dressing_attention(q, kk, v, gk, gv, HEADS, [4, 6], cache=cache, **kw)
+        plain = dressing_attention(q, kk, v, gk, gv, HEADS, [4, 6], **kw)
+        for a, b in zip(cached, plain):
+            assert torch.equal(a, b)
+        if step == 0:
+            first = next(iter(cache.values()))
+        assert len(cache) == 1 and next(iter(cache.values())) is first, "rebuilt on a later call"
+    # another token count (another layer or resolution) gets its own entry
+    dressing_attention(q[:, :4], k[:, :4], v[:, :4], gk, gv, HEADS, [4, 6], cache=cache, form=form, strength=0.7)
+    assert len(cache) == 2
+
+
 @pytest.mark.parametrize("bad", ["lengths", "heads", "form", "weights"])
 def test_bad_arguments_say_what_is_wrong(qkv, bad):
     q, k, v, gk, gv = qkv

@@ -123,6 +123,27 @@ def test_kv_shared_by_the_batch_and_reused_by_every_step(host, g, two):
 
 
 @pytest.mark.parametrize("form", ["separate", "joint"])
+def test_bias_and_weight_tensors_built_once_per_layer_and_run(host, g, two, form, monkeypatch):
+    """Per layer call the patch builds no bias rows or weight scales: they are made once per layer per run
+    (3 steps, CFG: still one build per layer), and the cache dies with the run."""
+    attention = host.module("anydressing_core.attention")
+    real = attention._call_invariants
+    built = []
+
+    def counting(*args, **kwargs):
+        built.append(args[1])  # the layer's own token count
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_call_invariants", counting)
+    patched = g.apply(two, form=form)
+    shared = host.module("nodes.patch").find_shared(patched)
+    g.sample(patched, steps=3)
+    assert shared.calls >= 3 * len(two.tokens)
+    assert len(built) == len(two.tokens), f"built {len(built)} times for {len(two.tokens)} layers over 3 steps"
+    assert shared.state.invariants == {}, "the per-run cache outlived the run"
+
+
+@pytest.mark.parametrize("form", ["separate", "joint"])
 def test_shared_kv_give_every_batch_row_all_garments(host, g, two, form):
     """Sharing K'/V' across the batch (no copies) must not change any row: a batch of identical rows gives the
     single-row result in every row (a [1, S, C] key read by the host as [B, S/B, C] would split garments)."""
