@@ -88,11 +88,62 @@ def save_sharded(folder: Path, model, optimizer) -> None:
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(Path(folder) / SHARDED_DIR))
 
 
+#: What DCP's ``.metadata`` pickle may name: its own metadata dataclasses, tensor shapes, dtypes and
+#: layouts, paths.  Nothing here runs code when unpickled.
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # every name of that module (dataclasses, an enum)
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+def check_metadata(root: Path) -> None:
+    """Refuse a DCP ``.metadata`` that names anything but checkpoint metadata, BEFORE DCP unpickles it.
+
+    DCP reads that index with plain ``pickle``, which runs whatever a crafted file names.  Here it
+    is first unpickled with only :data:`_METADATA_GLOBALS` (plus torch dtypes) allowed, so a
+    checkpoint from elsewhere cannot run code on ``--resume`` or ``export``.
+    """
+    import pickle
+
+    class Forbidden(pickle.UnpicklingError):
+        pass
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            allowed = _METADATA_GLOBALS.get(module, set())
+            if module in _METADATA_GLOBALS and (allowed is None or name in allowed):
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout)):
+                return getattr(torch, name)
+            raise Forbidden(f"{module}.{name}")
+
+    path = Path(root) / ".metadata"
+    try:
+        with open(path, "rb") as f:
+            Restricted(f).load()
+    except FileNotFoundError:
+        raise AnyDressingError(f"{path} is missing: not a complete sharded checkpoint; resume from an older "
+                               "step_XXXXXXXX folder") from None
+    except Forbidden as e:
+        raise AnyDressingError(f"refusing {path}: it names {e}, which checkpoint metadata written by this trainer "
+                               "never does (a crafted file could run code). Only resume or export checkpoints "
+                               "your own runs wrote") from None
+    except Exception as e:  # noqa: BLE001 - truncated or garbage bytes
+        raise AnyDressingError(f"{path} could not be read ({type(e).__name__}: {str(e)[:200]}); the checkpoint is "
+                               "damaged: resume from an older step_XXXXXXXX folder") from None
+
+
 def load_sharded(folder: Path, model, optimizer) -> None:
     """Read a DCP checkpoint into ``model``/``optimizer``, whether they are sharded or plain (DDP)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+    check_metadata(Path(folder) / SHARDED_DIR)
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
     try:
@@ -109,6 +160,7 @@ def load_model_state(folder: Path, state_dict: Dict[str, torch.Tensor]) -> Dict[
     """Fill a plain ``model.state_dict()`` from a sharded checkpoint, in one process (export)."""
     import torch.distributed.checkpoint as dcp
 
+    check_metadata(Path(folder) / SHARDED_DIR)
     sd = {k: v.clone() for k, v in state_dict.items()}
     dcp.load({"model": sd}, checkpoint_id=str(Path(folder) / SHARDED_DIR), no_dist=True)
     return sd

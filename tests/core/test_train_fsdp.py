@@ -159,6 +159,40 @@ def test_damaged_or_half_written_sharded_checkpoints_are_not_used(tmp_path, fsdp
         ckpt.load(ck, 0)
 
 
+class _Planted:
+    """Unpickling this calls os.makedirs(marker): what a crafted DCP .metadata could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (str(self.marker),))
+
+
+def test_crafted_sharded_metadata_is_refused_before_it_is_unpickled(tmp_path, fsdp_ref):
+    """DCP reads .metadata with plain pickle: resume and export first unpickle it with only metadata classes
+    allowed, so a checkpoint from elsewhere cannot run code."""
+    import pickle
+
+    from anydressing_core.train import fsdp
+
+    ck = tmp_path / "step_00000004"
+    shutil.copytree(fsdp_ref["out"] / "checkpoints" / "step_00000004", ck)
+    fsdp.check_metadata(ck / "sharded")  # what the trainer writes passes
+    marker = tmp_path / "ran"
+    (ck / "sharded" / ".metadata").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(AnyDressingError, match=r"refusing .*\.metadata: it names (os|posix)\.makedirs"):
+        fsdp.load_model_state(ck, {})
+    with pytest.raises(AnyDressingError, match=r"refusing"):
+        fsdp.load_sharded(ck, None, None)
+    assert not marker.exists(), "the crafted metadata ran"
+    (ck / "sharded" / ".metadata").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(AnyDressingError, match=r"could not be read .*damaged"):
+        fsdp.check_metadata(ck / "sharded")
+
+
 @pytest.mark.slow
 def test_two_torchrun_nodes_train_like_two_local_processes(tiny, fsdp_ref):
     """The multi-node path: two torchrun agents (one per "node") meeting at a c10d rendezvous."""
