@@ -6,12 +6,12 @@ CPU-time ratio is the steadier of the two (both are reported).
 
 Time and memory are measured in SEPARATE runs.  Memory on the CPU is the process RSS sampled every
 ~2 ms by a thread while the measured call runs (``peak - rss_before``); glibc keeps freed blocks
-mapped, which would hide later peaks, so memory runs first switch glibc to returning every large free
-to the OS (:func:`release_freed_memory`).  Both of those distort time: the polling thread takes CPU
-from the run, and with every tensor over 64 KiB freshly mmapped, page faults made the tiny UNet's
-runs 70% slower and inflated any extra allocation's cost (measured, docs/PERFORMANCE.md).  So timed
-runs use the default allocator and no polling (``measure(..., memory=False)``), and
-``benchmarks.speed`` does all memory runs after all timed runs.  On CUDA the allocator's own peak
+mapped, which would hide later peaks, so memory runs happen in a child process started with
+``MALLOC_MMAP_THRESHOLD_=65536`` (large tensors are mmapped and returned to the OS on free;
+``benchmarks.speed.memory_phase``).  Both of those distort time: the polling thread takes CPU from
+the run, and with every tensor over 64 KiB freshly mmapped, page faults made the tiny UNet's runs 70%
+slower and inflated any extra allocation's cost (measured, docs/PERFORMANCE.md).  So timed runs use
+the default allocator and no polling (``measure(..., memory=False)``).  On CUDA the allocator's own peak
 (``torch.cuda.max_memory_allocated``) is used instead, which is exact and costs nothing.
 """
 
@@ -81,21 +81,6 @@ class Sample:
                 "cpu_median_s": statistics.median(self.cpu) if self.cpu else None, "cpu_s": self.cpu,
                 "peak_delta_mib": statistics.median(self.peak_delta) if self.peak_delta else None,
                 "peak_abs_mib": statistics.median(self.peak_abs) if self.peak_abs else None}
-
-
-def release_freed_memory() -> bool:
-    """Make glibc return large frees to the OS from now on (mmap threshold 64 KiB, trim threshold
-    128 KiB), so RSS peaks of later runs are visible.  For memory runs only: it slows every run.
-    Returns False where this is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 65536)) and bool(libc.mallopt(m_trim_threshold, 131072))
-    except (OSError, AttributeError):
-        return False
 
 
 def _trim_heap() -> None:

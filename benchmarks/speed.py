@@ -23,11 +23,15 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.speed")
+#: glibc settings of the CPU memory phase's own process: large frees go back to the OS, so RSS peaks of
+#: later runs are visible. They slow every run down, so timed runs never use them (benchmarks/measure.py).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def parse_args(argv=None):
@@ -45,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop adding configurations after this")
     p.add_argument("--label", default=None, help="name of the JSON under benchmarks/results/")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--memory-phase", default=None, help=argparse.SUPPRESS)  # internal: the CPU memory child
     ns = p.parse_args(argv)
     ns.preset = ns.preset or ("sd15" if ns.gpu else ("smallest" if ns.quick else "recommended"))
     ns.steps = ns.steps or (20 if ns.gpu else (2 if ns.quick else 3))
@@ -200,26 +205,24 @@ class Bench:
         return self.host.run("AnyDressingApply", model=self.model, features=feats, strength=0.7, start_percent=0.0,
                              end_percent=1.0, form=self.ns.form, cfg_policy="garments in positive only (paper)")[0]
 
-    def memory(self, res: dict, on_row=lambda: None):
-        """Peak memory of plain and dressed runs for every measured N of one resolution (after ALL timed runs:
-        the allocator setting that makes CPU peaks visible slows runs down, see ``measure``)."""
+    def memory(self, jobs: list) -> list:
+        """Peak memory of alternating plain and dressed runs (2 each) for ``[[w, h, n], ...]``: run in a child
+        process started with :data:`MALLOC_ENV` on the CPU (see :func:`memory_phase`)."""
         from .harness import garment_chain
 
-        w, h = res["width"], res["height"]
-        latent = {"samples": self.torch.zeros(1, 4, h // 8, w // 8)}
-        for r in res["rows"]:
+        out = []
+        for w, h, n in jobs:
+            latent = {"samples": self.torch.zeros(1, 4, h // 8, w // 8)}
             with self.torch.inference_mode():
                 feats = self.host.run("AnyDressingEncodeGarments", model=self.model, vae=self.vae,
-                                      garments=garment_chain(self.host, r["n"]), width=w, height=h)[0]
+                                      garments=garment_chain(self.host, n), width=w, height=h)[0]
             dressed = self.apply(feats)
+            self.sample(dressed, latent)  # warm-up
             plain_m, dressed_m = self._alternate(lambda: self.sample(self.model, latent),
                                                  lambda: self.sample(dressed, latent), repeats=2, memory=True)
-            for side, m in (("without", plain_m), ("with", dressed_m)):
-                d = m.as_dict()
-                r[side]["peak_delta_mib"], r[side]["peak_abs_mib"] = d["peak_delta_mib"], d["peak_abs_mib"]
+            out.append({"w": w, "h": h, "n": n, "without": plain_m.as_dict(), "with": dressed_m.as_dict()})
             del dressed, feats
-            res["memory_fit"] = self._memory_fit(res["rows"])
-            on_row()
+        return out
 
     def kernel_floor(self, layers, shared, fn):
         """The host attention kernel's own cost of the added work (``measure.kernel_floor``), per run."""
@@ -274,6 +277,36 @@ class Bench:
                 "note": "timings on a shared machine are noisy; medians of repeats, interleaved with/without"}
 
 
+def memory_phase(ns, result: dict) -> None:
+    """CPU peak memory of every measured row, from a child process started with :data:`MALLOC_ENV` (the
+    setting must be there before torch loads, and it would slow this process's timed runs)."""
+    import tempfile
+
+    jobs = [[res["width"], res["height"], r["n"]] for res in result["resolutions"] for r in res["rows"]]
+    if not jobs:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "memory.json"
+        path.write_text(json.dumps(jobs))
+        cmd = [sys.executable, "-m", "benchmarks.speed", "--preset", ns.preset, "--steps", str(ns.steps), "--form", ns.form,
+               "--attention", ns.attention, "--memory-phase", str(path), "--no-save"]
+        log.info("memory runs (a child process with %s)", " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()))
+        done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **MALLOC_ENV))
+        measured = json.loads(path.read_text()) if done.returncode == 0 else []
+    if done.returncode != 0:
+        log.warning("the memory child failed (exit %d): no memory columns", done.returncode)
+    result["env"]["memory"] = "CPU RSS peaks from a child process with " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+    for m in measured if isinstance(measured, list) and measured and isinstance(measured[0], dict) else []:
+        for res in result["resolutions"]:
+            for r in res["rows"]:
+                if (res["width"], res["height"], r["n"]) == (m["w"], m["h"], m["n"]):
+                    for side in ("with", "without"):
+                        r[side]["peak_delta_mib"] = m[side]["peak_delta_mib"]
+                        r[side]["peak_abs_mib"] = m[side]["peak_abs_mib"]
+    for res in result["resolutions"]:
+        res["memory_fit"] = Bench._memory_fit(res["rows"])
+
+
 def main(argv=None) -> int:
     ns = parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -282,6 +315,10 @@ def main(argv=None) -> int:
     from .report import print_report
 
     bench = Bench(ns)
+    if ns.memory_phase:  # the child of memory_phase: measure, write, done
+        path = Path(ns.memory_phase)
+        path.write_text(json.dumps(bench.memory(json.loads(path.read_text()))))
+        return 0
     result = {"label": ns.label, "settings": {k: v for k, v in vars(ns).items() if k != "no_save"}, "env": bench.env(),
               "resolutions": []}
     out = REPO / "benchmarks" / "results" / f"{ns.label}.json"
@@ -298,16 +335,11 @@ def main(argv=None) -> int:
         if bench.out_of_time():
             break
         bench.resolution(w, h, result["resolutions"], on_row=save)
-    from .measure import release_freed_memory
-
     if bench.cuda:  # the CUDA allocator's peak was recorded by the timed runs at no cost
         for res in result["resolutions"]:
             res["memory_fit"] = bench._memory_fit(res["rows"])
     else:
-        result["env"]["cpu_peaks_visible"] = release_freed_memory()
-        for res in result["resolutions"]:  # memory after every timed run: see Bench.memory
-            log.info("resolution %dx%d: memory runs", res["width"], res["height"])
-            bench.memory(res, on_row=save)
+        memory_phase(ns, result)
     save()
     print_report(result)
     if not ns.no_save:
