@@ -89,8 +89,9 @@ def targets(result: dict) -> list:
                    f"calling this kernel could reach)")
     bounds = [r["matmul_bound_over_predicted"] for _, r in rows if r.get("matmul_bound_over_predicted") is not None]
     if bounds:
-        out.append(f"  (even the added FLOPs as bare matrix products, no softmax, cost {min(bounds):.2f}-{max(bounds):.2f}x "
-                   f"the FLOP-predicted overhead on this device: their FLOP rate is below the plain run's average)")
+        why = (": their FLOP rate is below the plain run's average" if min(bounds) > 1 else "")
+        out.append(f"  (the added FLOPs as bare matrix products, no softmax, cost {min(bounds):.2f}-{max(bounds):.2f}x "
+                   f"the FLOP-predicted overhead on this device{why})")
     cpu_ovh = [(r["cpu_ratio"] - 1) / (r["flop_ratio"] - 1) for _, r in rows
                if r.get("cpu_ratio") is not None and r["flop_ratio"] > 1]
     if cpu_ovh:
