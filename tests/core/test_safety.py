@@ -53,6 +53,9 @@ NETWORK_ALLOWED = ("anydressing_run/",)
 TORCH_SAVE_ALLOWED = {"anydressing_core/train/state.py": "optimizer/scheduler/RNG state, read back with weights_only=True"}
 #: from_pretrained without local_files_only=True is allowed only after the path was checked to be a local folder.
 FROM_PRETRAINED_ALLOWED = {"anydressing_core/train/components.py": "checks base/unet, vae, ... are local folders first"}
+#: pickle may be imported only to VET a pickle with an allowlisting Unpickler subclass; pickle.load/loads and a
+#: plain pickle.Unpickler(...) stay forbidden everywhere (checked below).
+PICKLE_IMPORT_ALLOWED = {"anydressing_core/train/fsdp.py": "vets DCP's .metadata with an allowlist before DCP reads it"}
 
 
 def _dotted(node) -> str:
@@ -86,7 +89,7 @@ def scan(path: Path, rel: str) -> list:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             for name in names:
-                if name.split(".")[0] in PICKLE_MODULES:
+                if name.split(".")[0] in PICKLE_MODULES and rel not in PICKLE_IMPORT_ALLOWED:
                     bad(node, f"imports {name} (pickles run code; read weights with safetensors)")
                 if any(name == m or name.startswith(m + ".") for m in NETWORK_MODULES) and not rel.startswith(NETWORK_ALLOWED):
                     bad(node, f"imports network module {name}")
@@ -98,6 +101,8 @@ def scan(path: Path, rel: str) -> list:
         name = _dotted(node.func)
         if isinstance(node.func, ast.Name) and node.func.id in BANNED_BUILTINS:
             bad(node, f"calls {node.func.id}()")
+        if name in ("pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads"):
+            bad(node, f"{name} (pickles run code)")
         if name in ("torch.load",) or name.endswith(".torch.load"):
             if not _is_true(_kw(node, "weights_only")):
                 bad(node, "torch.load without weights_only=True")
@@ -135,6 +140,8 @@ def test_pack_source_has_no_code_execution_pickles_or_network():
     ("eval(open('f').read())", "calls eval()"),
     ("exec(text)", "calls exec()"),
     ("import pickle\npickle.load(f)", "imports pickle"),
+    ("import pickle\npickle.loads(b)", "pickle.loads (pickles run code)"),
+    ("import pickle\npickle.Unpickler(f).load()", "pickle.Unpickler (pickles run code)"),
     ("import torch\ntorch.load('x.pt')", "torch.load without weights_only=True"),
     ("import torch\ntorch.load('x.pt', weights_only=False)", "torch.load without weights_only=True"),
     ("import numpy as np\nnp.load('x.npy', allow_pickle=True)", "allow_pickle"),
@@ -150,6 +157,15 @@ def test_the_scan_catches_what_it_forbids(tmp_path, source, expected):
     f.write_text(source)
     found = scan(f, "anydressing_core/bad.py")
     assert any(expected in x for x in found), found
+
+
+def test_the_pickle_vetting_file_may_import_pickle_but_never_load_with_it(tmp_path):
+    rel = next(iter(PICKLE_IMPORT_ALLOWED))
+    f = tmp_path / "vet.py"
+    f.write_text("import pickle\nclass R(pickle.Unpickler):\n    pass\nR(f).load()\n")
+    assert scan(f, rel) == []
+    f.write_text("import pickle\npickle.load(f)\n")
+    assert any("pickle.load (pickles run code)" in x for x in scan(f, rel))
 
 
 def test_the_scan_lets_safe_forms_through(tmp_path):
