@@ -20,6 +20,12 @@ from .loader import adapter_encode_options, adapter_features, check_adapter, mod
 log = logging.getLogger(__name__)
 
 
+class AllRecorded(Exception):
+    """Raised by :class:`FeatureRecorder` once every layer's features are in: the rest of the pass (the
+    last self-attention, its cross-attention and MLP, the output blocks after it, the output conv)
+    computes nothing the features need, so the garment pass stops there."""
+
+
 class FeatureRecorder:
     """attn1 patch that keeps F, the normalised hidden state entering each self-attention layer."""
 
@@ -36,6 +42,8 @@ class FeatureRecorder:
             self.tokens[key] = n.detach()
             if self.pbar is not None:
                 self.pbar.update(1)
+            if len(self.tokens) == len(self.keys):
+                raise AllRecorded
         return n, context_attn1, value_attn1
 
     def __deepcopy__(self, memo):
@@ -129,8 +137,12 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     context = image_token_context(adapter, clip_vision, pixels)
     options = adapter_encode_options(adapter, options, [g.slot for g in garments.items], keys, model, context=context)
     with torch.inference_mode():
-        dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device, dtype=dtype),
-           transformer_options=options, **kwargs)
+        try:
+            dm(x, timesteps=torch.zeros(n, device=device), context=torch.zeros(n, 1, ctx_dim, device=device,
+                                                                                  dtype=dtype),
+               transformer_options=options, **kwargs)
+        except AllRecorded:  # every feature is in: the rest of the pass is not needed
+            pass
     missing = [k for k in keys if k not in recorder.tokens]
     if missing:
         raise AnyDressingError(f"the garment pass did not reach layers {missing}; another pack may be skipping blocks")

@@ -122,6 +122,32 @@ def test_kv_shared_by_the_batch_and_reused_by_every_step(host, g, two):
     assert shared.state.kv == {}, "the per-run cache outlived the run"
 
 
+def test_garment_pass_stops_after_the_last_recorded_layer(host, g, monkeypatch):
+    """Encode Garments stops the GarmentsNet pass once every self-attention input is recorded: the output
+    blocks' tail and the output conv never run, and the features equal those of a full pass."""
+    encode = host.module("nodes.encode")
+    dm = g.model.model.diffusion_model
+    ran = []
+    handle = dm.out.register_forward_hook(lambda *_: ran.append(1))
+    try:
+        early = g.features(TWO)
+        assert ran == [], "the output conv ran: the garment pass did not stop after the last recorded layer"
+        real_init = encode.FeatureRecorder.__init__
+
+        def never_complete(self, keys, pbar=None):
+            real_init(self, keys, pbar)
+            self.keys = set(self.keys) | {("never", 0, 0)}
+
+        monkeypatch.setattr(encode.FeatureRecorder, "__init__", never_complete)
+        full = g.features(TWO)
+        assert ran == [1], "the comparison pass should have run to the end"
+    finally:
+        handle.remove()
+    assert early.tokens.keys() == full.tokens.keys()
+    for key in early.tokens:
+        assert torch.equal(early.tokens[key], full.tokens[key]), key
+
+
 @pytest.mark.parametrize("form", ["separate", "joint"])
 def test_bias_and_weight_tensors_built_once_per_layer_and_run(host, g, two, form, monkeypatch):
     """Per layer call the patch builds no bias rows or weight scales: they are made once per layer per run
