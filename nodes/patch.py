@@ -7,7 +7,7 @@ precomputed from an adapter; an OUTER_SAMPLE wrapper opens and closes that per-r
 nothing outlives the run.
 
 Performance (issue 7, docs/PERFORMANCE.md): per layer call the patch does no device->host sync and
-no row copies, and builds no bias or weight tensors (cached per layer for the run): the sigma range
+no row copies, and builds no bias or weight tensors (cached per token count for the run): the sigma range
 test is decided once per step (the step's ``sigmas`` tensor is shared
 by every layer), the CFG rows are contiguous slices (views) computed in Python from
 ``cond_or_uncond``, garment weights stay a Python list, and K'/V' ``[1, N*L, C]`` are shared by the
@@ -17,6 +17,7 @@ batch (expanded, never repeated).
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Optional
 
 import torch
@@ -52,12 +53,18 @@ class RunState:
         self.modules = None
         self.kv = {}
         self.regions = {}
-        self.invariants = {}  # layer key -> dressing_attention's cache of bias rows and weight scales
+        self.invariants = {}  # dressing_attention's cache of bias rows and weight scales, shared by the layers
         self.step = (None, True)  # (sigmas tensor of the current step, active at that step)
+        # the UNet's attn1 modules by key, found once per UNet (walking every module costs ~1 ms per run on
+        # a tiny model); weak, so a cached entry never keeps a freed model's modules alive
+        self._modules_of = weakref.WeakKeyDictionary()
 
     def begin(self, diffusion_model):
         if self.depth == 0:
-            self.modules = attn1_modules(diffusion_model)
+            modules = self._modules_of.get(diffusion_model)
+            if modules is None:
+                modules = self._modules_of[diffusion_model] = attn1_modules(diffusion_model)
+            self.modules = modules
             self.kv, self.regions, self.invariants, self.step = {}, {}, {}, (None, True)
         self.depth += 1
 
@@ -191,8 +198,9 @@ class DressingReplace:
         regions = sh.region_tokens(extra_options, q.shape[1], q)
         store = extra_options.get(MapStore.OPTION)
         lengths = sh.features.lengths(self.key)
-        # settings are fixed for the run: bias rows and weight scales are built once per layer and run
-        cache = sh.state.invariants.setdefault(self.key, {}) if sh.state.depth > 0 else None
+        # settings are fixed for the run: bias rows and weight scales are built once per token count and run
+        # (layers of one level share them; the cache key holds everything they depend on)
+        cache = sh.state.invariants if sh.state.depth > 0 else None
 
         def attention(q_, k_, v_, h, mask=None):
             if k_.shape[0] != q_.shape[0]:
