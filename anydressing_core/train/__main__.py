@@ -71,8 +71,7 @@ def _export(cfg, args) -> int:
     data = ckpt.load(args.checkpoint, 0)
     m = cfg.model
     torch.manual_seed(cfg.run.seed)
-    model = DressingTrainModel(load_components(m.base).unet, m.slots, m.lora_rank, m.lora_alpha, m.form,
-                               m.train_strength, m.garments_net_trainable)
+    model = DressingTrainModel.from_config(load_components(m.base).unet, m)
     if ckpt.strategy_of(data["state"]) == "fsdp":  # sharded: read every shard into the full module, here
         from .fsdp import load_model_state
 

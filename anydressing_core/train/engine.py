@@ -67,8 +67,7 @@ class Trainer:
                                    f"add them (model.slots=[{', '.join(m.slots + needed)}]) so each gets a GFE LoRA set")
         torch.manual_seed(run.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.comp = components or load_components(cfg.model.base)
-        model = DressingTrainModel(self.comp.unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength,
-                                   m.garments_net_trainable)
+        model = DressingTrainModel.from_config(self.comp.unet, m)
         model.ctx.record_maps = cfg.loss.loc_weight > 0
         model.ctx.maps_max_tokens = cfg.loss.loc_max_tokens
         if m.gradient_checkpointing:

@@ -221,11 +221,9 @@ def export_twin(full: Dict[str, torch.Tensor], like, cfg):
 
     from .model import DressingTrainModel
 
-    m = cfg.model
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(like.garments.unet.config)
-        twin = DressingTrainModel(unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength,
-                                  m.garments_net_trainable)
+        twin = DressingTrainModel.from_config(unet, cfg.model)
     missing, unexpected = twin.load_state_dict(full, strict=False, assign=True)
     if missing or unexpected:
         raise AnyDressingError(f"gathered state does not fit the module: missing {missing[:4]}, "

@@ -126,6 +126,11 @@ class DressingTrainModel(nn.Module):
         self._dressing = [unet]  # a list keeps it out of the module tree
         self.sharded = False  # set by .fsdp.shard
 
+    @classmethod
+    def from_config(cls, unet, m) -> "DressingTrainModel":
+        """The trainable module as the config's ``model`` section describes it (training, export, FSDP twin)."""
+        return cls(unet, m.slots, m.lora_rank, m.lora_alpha, m.form, m.train_strength, m.garments_net_trainable)
+
     @staticmethod
     def _key_of(processor_name: str, unet) -> BlockKey:
         return diffusers_layer_keys(unet.config)[processor_name.rsplit(".attn1.", 1)[0]]
