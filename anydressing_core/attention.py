@@ -200,7 +200,7 @@ def dressing_attention(
     b = q.shape[0]
     # [choice, speed] the weights, biases and flags below depend only on the layer's token count and the
     # settings, not on q/k/v: a caller that keeps those fixed (one sampling run) passes a ``cache`` dict and
-    # they are built once per layer instead of ~12 small tensor ops on every call.
+    # they are built once per token count instead of ~12 small tensor ops on every call.
     ckey = (form, k.shape[1], tuple(lengths), q.dtype, q.device, float(strength), id(regions))
     inv = cache.get(ckey) if cache is not None else None
     if inv is None:

@@ -290,20 +290,20 @@ def memory_phase(ns, result: dict) -> None:
         path.write_text(json.dumps(jobs))
         cmd = [sys.executable, "-m", "benchmarks.speed", "--preset", ns.preset, "--steps", str(ns.steps), "--form", ns.form,
                "--attention", ns.attention, "--memory-phase", str(path), "--no-save"]
-        log.info("memory runs (a child process with %s)", " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()))
+        setting = " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+        log.info("memory runs (a child process with %s)", setting)
         done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **MALLOC_ENV))
         measured = json.loads(path.read_text()) if done.returncode == 0 else []
     if done.returncode != 0:
         log.warning("the memory child failed (exit %d): no memory columns", done.returncode)
-    result["env"]["memory"] = "CPU RSS peaks from a child process with " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
-    for m in measured if isinstance(measured, list) and measured and isinstance(measured[0], dict) else []:
-        for res in result["resolutions"]:
-            for r in res["rows"]:
-                if (res["width"], res["height"], r["n"]) == (m["w"], m["h"], m["n"]):
-                    for side in ("with", "without"):
-                        r[side]["peak_delta_mib"] = m[side]["peak_delta_mib"]
-                        r[side]["peak_abs_mib"] = m[side]["peak_abs_mib"]
+    result["env"]["memory"] = f"CPU RSS peaks from a child process with {setting}"
+    by_job = {(m["w"], m["h"], m["n"]): m for m in measured}
     for res in result["resolutions"]:
+        for r in res["rows"]:
+            m = by_job.get((res["width"], res["height"], r["n"]))
+            if m:
+                for side in ("with", "without"):
+                    r[side].update(peak_delta_mib=m[side]["peak_delta_mib"], peak_abs_mib=m[side]["peak_abs_mib"])
         res["memory_fit"] = Bench._memory_fit(res["rows"])
 
 
