@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from anydressing_core import attention, gfe
-from anydressing_core.bench import model as bench_model
-from anydressing_core.bench import scores
-from anydressing_core.bench.run import config, run_ablation
-from anydressing_core.bench.train import SETTINGS, Dresser, make_data, sample, train_base, train_setting
+from benchmarks.ablation import model as bench_model
+from benchmarks.ablation import scores
+from benchmarks.ablation.run import config, run_ablation
+from benchmarks.ablation.train import SETTINGS, Dresser, make_data, sample, train_base, train_setting
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention import dressing_attention, sdpa_attention
-from ..features import BlockKey
+from anydressing_core.attention import dressing_attention, sdpa_attention
+from anydressing_core.features import BlockKey
 
 DA_KEYS: List[BlockKey] = [("input", 1, 0), ("middle", 0, 0), ("output", 1, 0)]
 

@@ -1,7 +1,7 @@
 """AnyDressing ablation on synthetic data, CPU: base / +GFE / +IGL / +GTL / zero-shot.
 
-    ~/venv/bin/python benchmarks/ablation.py --out outputs/ablation          # full (~15 min, 2 cores)
-    ~/venv/bin/python benchmarks/ablation.py --out /tmp/abl --quick           # seconds, for tests
+    python -m benchmarks.ablation --out outputs/ablation          # full (~15-20 min, 2 cores)
+    python -m benchmarks.ablation --out outputs/abl --quick       # seconds, for tests
 
 Prints the table, writes ablation.json, ablation.md and samples.png (docs/BENCHMARK.md).
 """
@@ -11,15 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from anydressing_core.bench.run import config, format_paired, format_table, run_ablation  # noqa: E402
-from anydressing_core.bench.train import SETTINGS  # noqa: E402
+from .run import config, format_paired, format_table, run_ablation
+from .train import SETTINGS
 
 
 def main(argv=None) -> int:

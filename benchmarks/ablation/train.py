@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import losses
-from ..gfe import DAProjections, GFELoRA
-from ..synthetic import pose_image, render_sample
+from anydressing_core import losses
+from anydressing_core.gfe import DAProjections, GFELoRA
+from anydressing_core.synthetic import pose_image, render_sample
 from .model import DA_KEYS, Ctx, TinyUNet, encode_garments, to_image, to_latent
 
 log = logging.getLogger(__name__)
