@@ -211,13 +211,13 @@ class RegionPlan:
             return None
         return _finalise(soft, self._free)
 
-    def picture(self, image_hw: Sequence[int]) -> Optional[torch.Tensor]:
-        """The allowed masks of the first image at ``image_hw``: ``[N, H, W]`` float on the CPU (one copy, for the
+    def picture(self, image_hw: Sequence[int], index: int = 0) -> Optional[torch.Tensor]:
+        """The allowed masks of image ``index`` at ``image_hw``: ``[N, H, W]`` float on the CPU (one copy, for the
         maps picture; call after sampling), or None when no region was in force."""
-        cur = self.tokens(self.grid, 1) if self.dynamic else self.tokens(self.latent_hw, 1)
+        cur = self.tokens(self.grid, index + 1) if self.dynamic else self.tokens(self.latent_hw, index + 1)
         if cur is None:
             return None
         h, w = self.grid if self.dynamic else self.latent_hw
-        grid = cur[:1].transpose(1, 2).reshape(1, -1, h, w)
+        grid = cur[min(index, cur.shape[0] - 1)].transpose(0, 1).reshape(1, -1, h, w)
         up = F.interpolate(grid.float(), size=tuple(int(v) for v in image_hw), mode="nearest")
         return up[0].cpu()
