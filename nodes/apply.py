@@ -9,6 +9,7 @@ from ..anydressing_core.attention import DAForm
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
 from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, CFGPolicy, FormOption, attn1_modules, diffusion_model_of
+from . import regions as region_hooks
 from .loader import adapter_features
 from .patch import DressingReplace, DressingShared
 
@@ -35,7 +36,7 @@ def check_features(model_modules: dict, features: GarmentFeatures):
 
 
 def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent=1.0, form=FormOption.AUTO,
-                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None):
+                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, auto_regions=None):
     if not isinstance(features, GarmentFeatures):
         raise AnyDressingError(f"'features' must come from Encode Garments (got {type(features).__name__})")
     if features.count == 0:
@@ -65,6 +66,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
                 f"region_masks has {regions.shape[0]} masks for {features.count} garments; give one region per garment, "
                 "in the order of the garment chain")
         regions = regions.float().cpu()
+    spec = region_hooks.spec_for(auto_regions, features, masks_given=regions is not None)
     features = adapter_features(adapter, features, model)  # checks the adapter fits; K'/V' only if not encoded with it
     m = model.clone()
     if strength == 0.0:
@@ -76,7 +78,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     sampling = m.get_model_object("model_sampling")
     shared = DressingShared(
         features, strength, sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent),
-        form, cfg_policy, regions,
+        form, cfg_policy, regions, region_spec=spec,
     )
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for key in modules:
@@ -84,6 +86,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         m.set_model_attn1_replace(DressingReplace(shared, key, previous), key[0], key[1], key[2])
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, f"anydressing_{id(shared)}",
                            shared.outer_sample_wrapper)
+    region_hooks.install(m, shared)
     return m
 
 
@@ -124,12 +127,15 @@ class AnyDressingApply:
                 "region_masks": ("MASK", {"tooltip": "Optional: one mask per garment (chain order) on the output image. Pixels "
                                                      "inside garment k's region attend only to garment k (training-free "
                                                      "localization)."}),
+                "regions": (region_hooks.REGIONS, {"tooltip": "Optional, from Garment Regions: automatic per-garment "
+                                                              "regions (pose, attention or prompt) instead of masks."}),
             },
         }
 
-    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None, adapter=None):
+    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None, adapter=None,
+              regions=None):
         return (apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks,
-                               adapter),)
+                               adapter, regions),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingApply": AnyDressingApply}

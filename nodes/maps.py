@@ -13,6 +13,7 @@ import comfy.samplers
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
 from .common import CATEGORY, latent_channels
+from . import regions as region_hooks
 from .patch import MapStore, find_shared
 
 # colour maps cycle per garment so the panels are easy to tell apart
@@ -90,6 +91,8 @@ class AnyDressingAttentionMaps:
         if not (shared.sigma_end <= sigma <= shared.sigma_start):
             raise AnyDressingError(
                 f"at_percent {at_percent} lies outside the Apply node's start/end range; choose a value inside it")
+        hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+        used = region_hooks.used_regions(shared, hw)  # before this node's own run replaces them
         m = model.clone()
         store = MapStore()
         m.model_options.setdefault("transformer_options", {})[MapStore.OPTION] = store
@@ -99,9 +102,11 @@ class AnyDressingAttentionMaps:
                                    samples, disable_pbar=True, seed=seed)
         if not store.maps:
             raise AnyDressingError("no garment maps were recorded; is the model's AnyDressing active at this noise level?")
-        hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
         maps = average_maps(store, hw)
-        return (maps_picture(maps, shared.features.names), maps)
+        picture = maps_picture(maps, shared.features.names)
+        if used is not None:  # a second row: the regions in force (white = may attend)
+            picture = torch.cat([picture, maps_picture(*used)], dim=1)
+        return (picture, maps)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingAttentionMaps": AnyDressingAttentionMaps}

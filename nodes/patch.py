@@ -27,6 +27,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..anydressing_core.attention import DAForm, dressing_attention, masks_to_tokens, tokens_hw
 from ..anydressing_core.features import BlockKey, GarmentFeatures
+from . import regions as region_hooks
 from .common import CFGPolicy, attn1_modules
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class RunState:
         self.regions = {}
         self.invariants = {}  # dressing_attention's cache of bias rows and weight scales, shared by the layers
         self.step = (None, True)  # (sigmas tensor of the current step, active at that step)
+        self.auto_regions = None  # the run's automatic regions (nodes/regions.py RegionRun), if any
         # the UNet's attn1 modules by key, found once per UNet (walking every module costs ~1 ms per run on
         # a tiny model); weak, so a cached entry never keeps a freed model's modules alive
         self._modules_of = weakref.WeakKeyDictionary()
@@ -79,13 +81,15 @@ class DressingShared:
     """Settings and features of one Apply AnyDressing, shared by all its layer replaces."""
 
     def __init__(self, features: GarmentFeatures, strength: float, sigma_start: float, sigma_end: float,
-                 form: str, cfg_policy: str, regions: Optional[torch.Tensor] = None):
+                 form: str, cfg_policy: str, regions: Optional[torch.Tensor] = None, region_spec=None):
         self.features = features
         self.strength = float(strength)
         self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
         self.form = form
         self.cfg_policy = cfg_policy
         self.regions = regions  # [N, H, W] in image space, or None
+        self.region_spec = region_spec  # automatic regions (anydressing_core.regions.RegionSpec), or None
+        self.last_regions = None  # [N, H, W] the automatic regions of the last run, for the maps picture
         self.state = RunState()
         self.calls = 0  # DA evaluations, for tests and benchmarks
 
@@ -99,9 +103,15 @@ class DressingShared:
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         guider = executor.class_obj
         self.state.begin(guider.model_patcher.model.diffusion_model)
+        outermost = self.state.depth == 1
         try:
+            if outermost:
+                region_hooks.begin_run(self, args, guider.model_patcher.model.diffusion_model,
+                                       guider.model_patcher.load_device)
             return executor(*args, **kwargs)
         finally:
+            if outermost:
+                region_hooks.end_run(self)
             self.state.end()
 
     def active(self, extra) -> bool:
@@ -115,6 +125,8 @@ class DressingShared:
         on = self.sigma_end <= sigma <= self.sigma_start
         if self.state.depth > 0:  # remember only inside a run: the cache dies with it
             self.state.step = (sigmas, on)
+            if self.state.auto_regions is not None:  # automatic regions: close the last step's vote, once per step
+                self.state.auto_regions.plan.begin_step()
         return on
 
     def segments(self, extra, batch: int) -> tuple:
@@ -211,6 +223,11 @@ class DressingReplace:
 
         def dressed(rows: slice):
             qq, kk, vv = q[rows], k[rows], v[rows]
+            regs, calls_cache = regions, cache
+            run = sh.state.auto_regions
+            if run is not None:  # automatic regions, per layer size and step (nodes/regions.py)
+                regs = region_hooks.layer_regions(run, extra_options, qq, gk, heads, lengths, qq.shape[0] == q.shape[0])
+                calls_cache = run.plan.step_cache if run.plan.dynamic else cache
             if sh.form == DAForm.JOINT and self.previous is not None:
                 # another pack owns this attention: hand it the concatenated tokens (weights not applicable)
                 b = qq.shape[0]
@@ -218,9 +235,9 @@ class DressingReplace:
                                      torch.cat([vv, gv.expand(b, -1, -1)], 1), extra_options)
             out = dressing_attention(
                 qq, kk, vv, gk, gv, heads, lengths, strength=sh.strength, form=sh.form,
-                weights=sh.features.weights, regions=regions, return_maps=store is not None,
+                weights=sh.features.weights, regions=regs, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b_, c, h, mask=None: self._plain(a, b_, c, extra_options),
-                cache=cache,
+                cache=calls_cache,
             )
             if store is not None:
                 out, maps = out

@@ -30,8 +30,9 @@ from .keypoints import (L_ANKLE, L_EAR, L_ELBOW, L_EYE, L_HIP, L_KNEE, L_SHOULDE
 ARM_RADIUS, LEG_RADIUS = 0.2, 0.28
 TORSO_LENGTH = 1.4  # shoulder-to-hip drop in body units, for a missing hip
 SLOTS_WITH_REGION = ("upper", "lower", "dress", "hat", "shoes", "bag")
-#: drawing resolution cap: regions are resized to each layer (at most 1/8 of the image) anyway
-MAX_SIDE = 512
+#: [choice] regions are drawn with this long side whatever the pose canvas, so the same pose on canvases of
+#: one shape gives the same masks; layers use them at 1/8 of the image or coarser (256 serves 2048 px images)
+DRAW_SIDE = 256
 
 
 def _pt(person: np.ndarray, i: int) -> Optional[np.ndarray]:
@@ -157,10 +158,10 @@ def _hat(canvas, person, u) -> bool:
 
 
 def slot_masks(frame: PoseFrame, slots: Sequence[str]) -> Tuple[np.ndarray, List[Optional[str]]]:
-    """Region masks of ``slots`` from ``frame``: ``[N, H, W]`` float32 in {0, 1} at the frame's canvas (its
-    long side capped at :data:`MAX_SIDE`), and per garment None or why it has no region (the mask is then empty).
+    """Region masks of ``slots`` from ``frame``: ``[N, H, W]`` float32 in {0, 1} on the frame's canvas scaled to a
+    long side of :data:`DRAW_SIDE`, and per garment None or why it has no region (the mask is then empty).
     """
-    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
+    scale = DRAW_SIDE / max(frame.width, frame.height)
     w, h = max(1, int(round(frame.width * scale))), max(1, int(round(frame.height * scale)))
     people = frame.people.copy()
     people[..., :2] *= scale

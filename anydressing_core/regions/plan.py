@@ -101,9 +101,9 @@ class RegionSpec:
         want, got = float(latent_hw[1]) / float(latent_hw[0]), pw / ph
         if abs(got / want - 1.0) > ASPECT_TOLERANCE:
             raise AnyDressingError(
-                f"the pose is {pw}x{ph} (aspect {got:.2f}) but the image is {int(latent_hw[1]) * 8}x{int(latent_hw[0]) * 8} "
-                f"(aspect {want:.2f}): run the pose estimator on a picture of the output's shape, or resize the pose "
-                "image to it")
+                f"the pose's canvas has aspect {got:.2f} (width / height) but the image is {int(latent_hw[1]) * 8}x"
+                f"{int(latent_hw[0]) * 8} (aspect {want:.2f}): run the pose estimator on a picture of the output's shape, "
+                "or resize the pose image to it")
 
 
 def _finalise(soft: torch.Tensor, unconstrained: torch.Tensor) -> torch.Tensor:
@@ -160,13 +160,14 @@ class RegionPlan:
 
     def begin_step(self) -> None:
         """Close the previous step's votes and rebuild the regions (once per step, on the device)."""
+        self.steps += 1
+        if not self.dynamic:
+            return  # static regions: built once per layer size for the whole run
         for vote in (self.attention_vote, self.word_vote):
             if vote is not None:
                 vote.step()
         self._tokens, self.step_cache = {}, {}
-        self.steps += 1
-        if self.dynamic:
-            self._grid_allowed = self._vote_regions()
+        self._grid_allowed = self._vote_regions()
 
     def _vote_regions(self) -> Optional[torch.Tensor]:
         shares = [v.shares() for v in (self.attention_vote, self.word_vote) if v is not None]
