@@ -188,18 +188,22 @@ class RegionPlan:
     def tokens(self, hw: Sequence[int], rows: int) -> Optional[torch.Tensor]:
         """Allowed masks ``[Br, T, N]`` for a layer of ``hw`` and a dressed segment of ``rows`` rows, or None (no
         restriction at this step). ``Br`` is 1 or ``rows`` (per-image vote regions tiled over CFG chunks)."""
-        hw = (int(hw[0]), int(hw[1]))
-        cached = self._tokens.get(hw)
-        if cached is None:
-            cached = self._build_tokens(hw)
-            if cached is None:
-                return None
-            self._tokens[hw] = cached
-        if cached.shape[0] == 1 or cached.shape[0] == rows:
+        cached = self._cached(hw)
+        if cached is None or cached.shape[0] == 1 or cached.shape[0] == rows:
             return cached
         if rows % cached.shape[0] == 0:  # CFG chunks of the same images: tile
             return cached.repeat(rows // cached.shape[0], 1, 1)
         return cached[:1]  # rows that are not whole chunks of the voted images: the first image's regions
+
+    def _cached(self, hw) -> Optional[torch.Tensor]:
+        """The allowed masks of every image ``[1 or B, T, N]`` at ``hw``, built once per step (static: per run)."""
+        hw = (int(hw[0]), int(hw[1]))
+        cached = self._tokens.get(hw)
+        if cached is None:
+            cached = self._build_tokens(hw)
+            if cached is not None:
+                self._tokens[hw] = cached
+        return cached
 
     def _build_tokens(self, hw) -> Optional[torch.Tensor]:
         if self.dynamic:
@@ -215,10 +219,10 @@ class RegionPlan:
     def picture(self, image_hw: Sequence[int], index: int = 0) -> Optional[torch.Tensor]:
         """The allowed masks of image ``index`` at ``image_hw``: ``[N, H, W]`` float on the CPU (one copy, for the
         maps picture; call after sampling), or None when no region was in force."""
-        cur = self.tokens(self.grid, index + 1) if self.dynamic else self.tokens(self.latent_hw, index + 1)
+        h, w = self.grid if self.dynamic else self.latent_hw
+        cur = self._cached((h, w))
         if cur is None:
             return None
-        h, w = self.grid if self.dynamic else self.latent_hw
         grid = cur[min(index, cur.shape[0] - 1)].transpose(0, 1).reshape(1, -1, h, w)
         up = F.interpolate(grid.float(), size=tuple(int(v) for v in image_hw), mode="nearest")
         return up[0].cpu()

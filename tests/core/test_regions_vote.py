@@ -79,6 +79,11 @@ def test_grid_is_the_finest_level_within_the_budget():
 
 # ---------------------------------------------------------------- the plan
 
+def allowed_of(plan, index):
+    """Image ``index``'s allowed masks ``[N, H, W]`` as layers at the plan's grid get them."""
+    return plan.tokens(plan.grid, 2)[index].transpose(0, 1).reshape(-1, *plan.grid)
+
+
 def test_plan_of_given_masks_attends_exactly_like_region_masks():
     """A static plan is the same restriction as Apply's region_masks: identical outputs."""
     gen = torch.Generator().manual_seed(0)
@@ -116,13 +121,15 @@ def test_attention_plan_is_rebuilt_once_per_step_and_tiles_over_cfg_chunks():
     tiled = plan.tokens((H, W), 4)  # garments in both CFG chunks: the images' regions per chunk
     assert tiled.shape == (4, H * W, 2) and torch.equal(tiled[2:], first)
     assert not torch.equal(first[0], first[1])
+    picture = plan.picture((16, 16), index=1)
+    assert picture.shape == (2, 16, 16)
+    assert torch.equal(picture[:, ::2, ::2], allowed_of(plan, 1))  # the second image's own regions
     allowed = first[0].reshape(H, W, 2)
     assert (allowed[:, W // 2:, 1] == 1).all() and (allowed[:, W // 2:, 0] == 0).all()
     plan.add_garment_maps(halves(), (H, W))
     plan.begin_step()
     assert plan.tokens((H, W), 1) is not first
-    picture = plan.picture((16, 16))
-    assert picture.shape == (2, 16, 16)
+
 
 
 def test_combined_lets_the_vote_decide_where_pose_regions_meet():
