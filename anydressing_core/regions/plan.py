@@ -172,14 +172,15 @@ class RegionPlan:
     def _vote_regions(self) -> Optional[torch.Tensor]:
         shares = [v.shares() for v in (self.attention_vote, self.word_vote) if v is not None]
         shares = [s for s in shares if s is not None]
+        with_pose = self._pose is not None and self.spec.source == RegionSource.COMBINED
+        if with_pose:
+            cand = masks_to_tokens(self._pose, self.grid)
+            cand = (cand.transpose(1, 2).reshape(cand.shape[0], -1, *self.grid) > 0.5) | self._free.view(1, -1, 1, 1)
         if not shares or len({s.shape[0] for s in shares}) > 1:
-            return None
+            return cand.float() if with_pose else None  # no vote yet: the pose alone
         vote = shares[0] if len(shares) == 1 else sum(shares) / len(shares)  # [B, N, gh, gw]
-        if self._pose is None or self.spec.source != RegionSource.COMBINED:
+        if not with_pose:
             return (vote > 0.5).float()
-        cand = masks_to_tokens(self._pose, self.grid)
-        cand = cand.transpose(1, 2).reshape(cand.shape[0], -1, *self.grid) > 0.5
-        cand = cand | self._free.view(1, -1, 1, 1)
         within = vote * cand
         within = within / within.sum(dim=1, keepdim=True).clamp_min(1e-6)
         strong = within > 0.5

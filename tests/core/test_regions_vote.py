@@ -138,6 +138,8 @@ def test_combined_lets_the_vote_decide_where_pose_regions_meet():
     pose[1, :, W // 4:] = 1.0  # garment 1's covers the right three quarters: they meet there
     plan = RegionPlan(RegionSpec(RegionSource.COMBINED, ["a", "b"], pose_masks=pose, vote={"smooth": 1}), (H, W))
     plan.begin_step()
+    first = plan.tokens((H, W), 1)[0].reshape(H, W, 2)  # no vote yet: the pose regions alone
+    assert (first[:, : W // 4] == torch.tensor([1.0, 0.0])).all() and (first[:, W // 4:] == 1).all()
     plan.add_garment_maps(halves(), (H, W))
     plan.begin_step()
     allowed = plan.tokens((H, W), 1)[0].reshape(H, W, 2)
