@@ -43,8 +43,9 @@ class RegionSource:
     ALL = (NONE, POSE, ATTENTION, PROMPT, COMBINED)
 
 
-#: [choice] layers with at most this many tokens feed the votes (SD1.5 at 512 px: the 32x32 level and coarser)
-MAX_VOTE_TOKENS = 1024
+#: [choice] layers with at most this many tokens feed the votes (SD1.5 at 512 px: the 16x16 level and the middle
+#: block): a vote's map is a second q.k pass, so only the coarse layers, where it is cheap, pay it
+MAX_VOTE_TOKENS = 512
 #: a pose canvas whose aspect ratio differs from the image's by more than this share is refused
 ASPECT_TOLERANCE = 0.05
 

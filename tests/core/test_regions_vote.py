@@ -226,3 +226,18 @@ def test_combined_places_a_garment_without_a_pose_region_by_the_vote():
     assert spec.unconstrained == [False, False] and (spec.pose_masks[1] == 1).all()
     spec = region_spec("pose", ["upper", "other"], pose=frame)
     assert spec.unconstrained == [False, True] and "no body part" in spec.notes[1]
+
+
+def test_prompt_plan_votes_among_the_garments_with_words_and_frees_the_rest():
+    spec = region_spec("prompt", ["upper", "lower", "hat"], word_positions=[[2], [5], []],
+                       phrases=parse_region_words("", ["upper", "lower", "hat"]), smooth=1)
+    plan = RegionPlan(spec, (H, W))
+    assert plan.wants_word_maps(H * W) and not plan.wants_garment_maps(H * W)
+    plan.begin_step()
+    words = torch.cat([halves(), torch.zeros(1, H * W, 1)], dim=-1)  # the hat's word is not in the prompt
+    plan.add_word_maps(words, (H, W))
+    plan.begin_step()
+    allowed = plan.tokens((H, W), 1)[0].reshape(H, W, 3)
+    assert (allowed[:, : W // 2, :2] == torch.tensor([1.0, 0.0])).all()
+    assert (allowed[:, W // 2:, :2] == torch.tensor([0.0, 1.0])).all()
+    assert (allowed[..., 2] == 1).all()  # no words: unconstrained
