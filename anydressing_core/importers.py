@@ -1,6 +1,6 @@
 """Importers for the nearest released weights, recognised by state-dict KEYS (never file names).
 
-Layouts (../shared/PEERS.md):
+Layouts of the released peer weights (docs/FORMAT.md lists the files):
 
 * ``diffusers_unet``: plain diffusers UNet keys (``conv_in.weight``, ``down_blocks.0...``).
   Alone it is MagicClothing "joint" (GarmentsNet only; DressingNet appends the garment tokens

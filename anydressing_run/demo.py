@@ -2,7 +2,7 @@
 
 Draws sample garments (numpy/opencv), starts a headless ComfyUI with this pack, and runs the multi-garment
 workflow. With a real SD1.5 checkpoint (``--checkpoint`` or ``$ANYDRESSING_CHECKPOINT``) the picture is a real
-dressing result; without one, a TINY RANDOM checkpoint is built (``nodes/tiny_models.py``, ~5 s, cached) so
+dressing result; without one, a TINY RANDOM checkpoint is built (``devtools/tiny_models.py``, ~5 s, cached) so
 everything runs end to end, and the picture is then noise by construction.
 """
 
@@ -50,9 +50,8 @@ def add_demo_args(p) -> None:
 
 def build_tiny(comfyui: Path, python: str | None = None) -> Path:
     """Build (or reuse) the tiny random checkpoint in a subprocess that imports ComfyUI; returns its path."""
-    cmd = [python or sys.executable, str(PACK_DIR / "nodes" / "tiny_models.py"), str(TINY_CACHE),
-           "--comfyui", str(comfyui)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [python or sys.executable, "-m", "devtools.tiny_models", str(TINY_CACHE), "--comfyui", str(comfyui)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PACK_DIR)
     if proc.returncode != 0:
         raise RunnerError("could not build the tiny random checkpoint:\n" + (proc.stderr or proc.stdout)[-3000:],
                           exit_code=4)

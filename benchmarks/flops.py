@@ -1,7 +1,7 @@
 """Predicted AnyDressing overhead of the full-size SD1.5 UNet, from FLOP counts alone (no weights, no GPU).
 
-    ~/venv/bin/python -m benchmarks.flops                     # 512x512 and 576x768, N = 1..4
-    ~/venv/bin/python -m benchmarks.flops --res 576x768 --steps 30
+    python -m benchmarks.flops                     # 512x512 and 576x768, N = 1..4
+    python -m benchmarks.flops --res 576x768 --steps 30
 
 The plain UNet is instantiated on the meta device (no memory, no compute) and one CFG step (batch 2) is
 run under ``FlopCounterMode``; the Dressing-Attention additions are counted analytically
@@ -28,7 +28,7 @@ def unet_step_flops(host, preset: str, w: int, h: int):
 
     from .harness import SD15_UNET
 
-    tiny = host.module("nodes.tiny_models")
+    from devtools import tiny_models as tiny
     cfg = tiny.unet_config("recommended")
     cfg.update(SD15_UNET) if preset == "sd15" else cfg.update(tiny.PRESETS[preset])
     with torch.device("meta"):

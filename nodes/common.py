@@ -1,4 +1,4 @@
-"""Shared constants and small helpers for the ComfyUI side (this package may import ComfyUI)."""
+"""What the nodes share: category, typed wires, option classes, and reading a ComfyUI MODEL."""
 
 from __future__ import annotations
 
@@ -8,20 +8,14 @@ import torch
 
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import BlockKey
+from .host_api import io
 
 CATEGORY = "AnyDressing"
 
-# Custom wire types (STYLE 6): internal objects travel typed, never as fake IMAGEs.
-GARMENTS = "GARMENTS"
-GARMENT_FEATURES = "GARMENT_FEATURES"
-ANYDRESSING = "ANYDRESSING"
-
-
-class FormOption:
-    AUTO = "auto"
-    SEPARATE = "separate"
-    JOINT = "joint"
-    ALL = [AUTO, SEPARATE, JOINT]
+# Typed wires: internal objects travel as named custom types, never as untyped dicts or fake IMAGEs.
+Garments = io.Custom("GARMENTS")              # anydressing_core.garments.GarmentList
+GarmentFeaturesType = io.Custom("GARMENT_FEATURES")  # anydressing_core.features.GarmentFeatures
+Adapter = io.Custom("ANYDRESSING")            # anydressing_core.checkpoint.AnyDressingAdapter
 
 
 class CFGPolicy:
@@ -30,6 +24,18 @@ class CFGPolicy:
     PAPER = "garments in positive only (paper)"
     BOTH = "garments in both"
     ALL = [PAPER, BOTH]
+
+
+def check_choice(value, options, what: str):
+    """A combo value that is one of ``options``, or an error that lists them."""
+    if value not in options:
+        raise AnyDressingError(f"unknown {what} {value!r}; use one of {', '.join(map(str, options))}")
+    return value
+
+
+def choice_message(value, options, what: str):
+    """``validate_inputs``' form of :func:`check_choice`: True, or the message."""
+    return True if value in options else f"unknown {what} {value!r}; use one of {', '.join(map(str, options))}"
 
 
 def diffusion_model_of(model, role: str = "model"):
@@ -58,10 +64,10 @@ def attn1_modules(diffusion_model) -> Dict[BlockKey, torch.nn.Module]:
 
     def visit(name: str, block_id: int, block):
         for sub in block.modules():
-            tbs = getattr(sub, "transformer_blocks", None)
-            if tbs is None:
+            blocks = getattr(sub, "transformer_blocks", None)
+            if blocks is None:
                 continue
-            for idx, tb in enumerate(tbs):
+            for idx, tb in enumerate(blocks):
                 if getattr(tb, "attn1", None) is not None:
                     found[(name, block_id, idx)] = tb.attn1
 
@@ -74,11 +80,15 @@ def attn1_modules(diffusion_model) -> Dict[BlockKey, torch.nn.Module]:
     return found
 
 
+def model_channels(model) -> Dict[BlockKey, int]:
+    """``{key: C}`` self-attention widths of a ComfyUI MODEL."""
+    return {k: m.to_q.in_features for k, m in attn1_modules(diffusion_model_of(model, "model")).items()}
+
+
 def latent_channels(model) -> int:
     return int(model.model.latent_format.latent_channels)
 
 
 def compute_dtype(model) -> torch.dtype:
     inner = model.model
-    dtype = getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
-    return dtype
+    return getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()

@@ -1,4 +1,4 @@
-"""AnyDressingRegions and the region hooks of the patch: automatic per-garment regions in ComfyUI.
+"""AnyDressing Regions and the region hooks of the patch: automatic per-garment regions in ComfyUI.
 
 The node turns a pose (an OpenPose picture or POSE_KEYPOINT) and/or the prompt's tokens into a typed
 request (``ANYDRESSING_REGIONS``) for one Apply AnyDressing. Apply makes it a ``RegionSpec`` for its
@@ -23,11 +23,13 @@ from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.regions import (PoseFrame, RegionPlan, RegionSource, RegionSpec, keypoints_from_openpose,
                                         parse_pose_keypoint, parse_region_words, region_spec)
 from ..anydressing_core.regions.prompt import SLOT_WORDS, phrase_positions, position_matrix, word_maps
-from .common import CATEGORY
+from .common import CATEGORY, choice_message
+from .host_api import io
 
 log = logging.getLogger(__name__)
 
-REGIONS = "ANYDRESSING_REGIONS"
+Regions = io.Custom("ANYDRESSING_REGIONS")  # RegionRequest
+PoseKeypoint = io.Custom("POSE_KEYPOINT")  # the pose estimator packs' keypoint frames
 #: [choice, measured: docs/REGIONS.md] pose regions closed the whole IoU gap to given masks; the vote added nothing
 DEFAULT_SOURCE = RegionSource.POSE
 
@@ -96,7 +98,7 @@ def spec_for(request, features: GarmentFeatures, masks_given: bool = False) -> O
     if request is None:
         return None
     if not isinstance(request, RegionRequest):
-        raise AnyDressingError(f"'regions' must come from the Garment Regions node (got {type(request).__name__})")
+        raise AnyDressingError(f"'regions' must come from AnyDressing Regions (got {type(request).__name__})")
     if masks_given:
         log.info("AnyDressing regions: region_masks are connected, so they are used and the %s regions are not",
                  request.source)
@@ -114,42 +116,47 @@ def spec_for(request, features: GarmentFeatures, masks_given: bool = False) -> O
     return region_spec(request.source, slots, names, pose=request.pose, word_positions=positions, phrases=phrases)
 
 
-class AnyDressingRegions:
-    DESCRIPTION = (
-        "Automatic per-garment regions for Apply AnyDressing, so garments stop bleeding into each other without hand-drawn "
-        "masks: from a pose (an OpenPose picture or a pose estimator's keypoints), from the garments' own attention, or "
-        "from where the prompt's garment words are read. Connect the output to Apply AnyDressing's 'regions'."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "regions"
-    RETURN_TYPES = (REGIONS,)
-    OUTPUT_TOOLTIPS = ("Regions for one Apply AnyDressing.",)
-
+class AnyDressingRegions(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "source": (list(RegionSource.ALL), {"default": DEFAULT_SOURCE, "tooltip": (
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnyDressingRegions",
+            display_name="AnyDressing Regions",
+            category=CATEGORY,
+            description=(
+                "Automatic per-garment regions for AnyDressing Apply, so garments stop bleeding into each other "
+                "without hand-drawn masks: from a pose (an OpenPose picture or a pose estimator's keypoints), from "
+                "the garments' own attention, or from where the prompt's garment words are read. Connect the output "
+                "to AnyDressing Apply's 'regions'."),
+            inputs=[
+                io.Combo.Input("source", options=list(RegionSource.ALL), default=DEFAULT_SOURCE, tooltip=(
                     "pose: body parts from the pose (best measured). attention: each pixel commits to the garment it "
                     "attends to most over the steps. prompt: where the cross-attention reads each garment's words. "
-                    "combined: pose regions, the attention/prompt vote deciding where they meet. none: off.")}),
-            },
-            "optional": {
-                "pose_image": ("IMAGE", {"tooltip": "An OpenPose skeleton picture (the image output of an OpenPose or "
-                                                    "DWPose preprocessor), the shape of the output image."}),
-                "pose_keypoints": ("POSE_KEYPOINT", {"tooltip": "Keypoints of a pose estimator node (DWPose/OpenPose "
-                                                                "POSE_KEYPOINT); used instead of pose_image when both come."}),
-                "clip": ("CLIP", {"tooltip": "For the prompt source: the CLIP that encodes the positive prompt."}),
-                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": (
-                    "For the prompt source: the positive prompt text, as given to CLIP Text Encode.")}),
-                "region_words": ("STRING", {"default": "", "tooltip": (
+                    "combined: pose regions, the attention/prompt vote deciding where they meet. none: off.")),
+                io.Image.Input("pose_image", optional=True, tooltip=(
+                    "An OpenPose skeleton picture (the image output of an OpenPose or DWPose preprocessor), the shape "
+                    "of the output image.")),
+                PoseKeypoint.Input("pose_keypoints", optional=True, tooltip=(
+                    "Keypoints of a pose estimator node (DWPose/OpenPose POSE_KEYPOINT); used instead of pose_image "
+                    "when both come.")),
+                io.Clip.Input("clip", optional=True, tooltip="For the prompt source: the CLIP that encodes the positive "
+                                                             "prompt."),
+                io.String.Input("prompt", optional=True, multiline=True, default="", tooltip=(
+                    "For the prompt source: the positive prompt text, as given to CLIP Text Encode.")),
+                io.String.Input("region_words", optional=True, default="", tooltip=(
                     "For the prompt source: words per garment in chain order, ';' between garments, ',' between "
-                    "alternatives (e.g. 'shirt; jeans, trousers; cap'). Empty: each slot's usual nouns.")}),
-            },
-        }
+                    "alternatives (e.g. 'shirt; jeans, trousers; cap'). Empty: each slot's usual nouns.")),
+            ],
+            outputs=[Regions.Output("regions", tooltip="Regions for one AnyDressing Apply.")],
+        )
 
-    def regions(self, source, pose_image=None, pose_keypoints=None, clip=None, prompt="", region_words=""):
-        return (make_request(source, pose_image, pose_keypoints, clip, prompt, region_words),)
+    @classmethod
+    def validate_inputs(cls, source=None):
+        return True if source is None else choice_message(source, RegionSource.ALL, "region source")
+
+    @classmethod
+    def execute(cls, source, pose_image=None, pose_keypoints=None, clip=None, prompt="", region_words="") -> io.NodeOutput:
+        return io.NodeOutput(make_request(source, pose_image, pose_keypoints, clip, prompt, region_words))
 
 
 # ------------------------------------------------------------------ the patch side (called by nodes/patch.py)
@@ -163,7 +170,7 @@ class RegionRun:
         self.plan = RegionPlan(spec, noise.shape[-2:], device=device)
         self.image_hw = (int(noise.shape[-2]) * 8, int(noise.shape[-1]) * 8)
         self.attn2 = None
-        self._select: Dict[int, torch.Tensor] = {}
+        self.word_select: Dict[int, torch.Tensor] = {}  # garment-word selection [S, N] per context length
         if self.plan.word_vote is not None:
             found = self._attn2_of.get(diffusion_model)
             if found is None:
@@ -216,16 +223,16 @@ class WordMapPatch:
     """attn2 patch (a list entry: it chains with every other attn2 patch and replace) that records where each
     garment's words are read, for the prompt vote. Returns its inputs unchanged."""
 
-    def __init__(self, shared):
-        self.shared = shared
+    def __init__(self, patch):
+        self.patch = patch
 
     def __deepcopy__(self, memo):
         return self
 
     def __call__(self, n, context, value, extra):
-        run = self.shared.state.auto_regions
+        run = self.patch.state.auto_regions
         block = extra.get("block")
-        if run is None or run.attn2 is None or block is None or not self.shared.active(extra):
+        if run is None or run.attn2 is None or block is None or not self.patch.active(extra):
             return n, context, value
         if not run.plan.wants_word_maps(n.shape[1]):
             return n, context, value
@@ -233,9 +240,9 @@ class WordMapPatch:
         rows = positive_rows(extra, n.shape[0], True)
         if module is None or rows is None:
             return n, context, value
-        select = run._select.get(context.shape[1])
+        select = run.word_select.get(context.shape[1])
         if select is None:
-            select = run._select[context.shape[1]] = position_matrix(run.plan.spec.word_positions, context.shape[1],
+            select = run.word_select[context.shape[1]] = position_matrix(run.plan.spec.word_positions, context.shape[1],
                                                                      device=n.device)
         with torch.no_grad():
             q, k = module.to_q(n[rows]), module.to_k(context[rows])
@@ -244,30 +251,30 @@ class WordMapPatch:
         return n, context, value
 
 
-def install(model_patcher, shared) -> None:
+def install(model_patcher, patch) -> None:
     """Register the attn2 patch when the spec votes on prompt words."""
-    spec = shared.region_spec
+    spec = patch.region_spec
     if spec is not None and spec.uses_words:
-        model_patcher.set_model_attn2_patch(WordMapPatch(shared))
+        model_patcher.set_model_attn2_patch(WordMapPatch(patch))
 
 
-def begin_run(shared, executor_args, diffusion_model, device) -> None:
+def begin_run(patch, executor_args, diffusion_model, device) -> None:
     """Start the run's plan (refusing a pose of another aspect ratio before any step)."""
-    shared.state.auto_regions = None
-    if shared.region_spec is not None and executor_args:
-        shared.state.auto_regions = RegionRun(shared.region_spec, executor_args[0], diffusion_model, device)
+    patch.state.auto_regions = None
+    if patch.region_spec is not None and executor_args:
+        patch.state.auto_regions = RegionRun(patch.region_spec, executor_args[0], diffusion_model, device)
 
 
-def used_regions(shared, image_hw):
-    """What Garment Attention Maps shows of the regions: ``(masks [N, H, W], labels)`` or None without regions.
+def used_regions(patch, image_hw):
+    """What AnyDressing Attention Maps shows of the regions: ``(masks [N, H, W], labels)`` or None without regions.
 
     The regions of the last sampling run (a vote's are those of its last step); static pose regions also before
     any run. Read it before the maps node's own one-step evaluation, which would replace them.
     """
-    spec = getattr(shared, "region_spec", None)
+    spec = getattr(patch, "region_spec", None)
     if spec is None:
         return None
-    masks = getattr(shared, "last_regions", None)
+    masks = getattr(patch, "last_regions", None)
     if masks is None and spec.pose_masks is not None and spec.source == RegionSource.POSE:
         plan = RegionPlan(spec, (image_hw[0] // 8, image_hw[1] // 8))
         plan.begin_step()
@@ -282,13 +289,11 @@ def used_regions(shared, image_hw):
     return masks, labels
 
 
-def end_run(shared) -> None:
-    """Keep the regions the run used (for Garment Attention Maps) and drop the plan."""
-    run = shared.state.auto_regions
+def end_run(patch) -> None:
+    """Keep the regions the run used (for AnyDressing Attention Maps) and drop the plan."""
+    run = patch.state.auto_regions
     if run is not None and run.plan.steps > 1:
-        shared.last_regions = run.plan.picture(run.image_hw)
-    shared.state.auto_regions = None
+        patch.last_regions = run.plan.picture(run.image_hw)
+    patch.state.auto_regions = None
 
 
-NODE_CLASS_MAPPINGS = {"AnyDressingRegions": AnyDressingRegions}
-NODE_DISPLAY_NAME_MAPPINGS = {"AnyDressingRegions": "Garment Regions (AnyDressing)"}

@@ -1,4 +1,4 @@
-"""Session fixtures: tiny random model files (nodes/tiny_models.py) built once per machine and registered
+"""Session fixtures: tiny random model files (devtools/tiny_models.py) built once per machine and registered
 with the in-process host's model folders.
 
 Enable with ``pytest_plugins = ["model_fixtures"]`` in tests/conftest.py. The cache folder is
@@ -22,8 +22,9 @@ FOLDER_KEYS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "lora": 
 @pytest.fixture(scope="session")
 def tiny_models(host) -> dict:
     """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny random models (noise weights)."""
-    tiny = host.module("nodes.tiny_models")
-    return tiny.ensure_tiny_models(TINY_CACHE)
+    from devtools import tiny_models
+
+    return tiny_models.ensure_tiny_models(TINY_CACHE)
 
 
 @pytest.fixture(scope="session")

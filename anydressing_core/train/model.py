@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from ..attention import dressing_attention, sdpa_attention, select_rows
+from ..attention import dressing_attention, sdpa_attention, split_rows
 from ..diffusers_model import attn1_modules, build_garments_net
 from ..errors import AnyDressingError
 from ..features import BlockKey
@@ -34,6 +34,7 @@ class StepContext:
     garments: int = 0                                # N (padded)
     present: Optional[torch.Tensor] = None           # [B, N] bool
     keep: Optional[torch.Tensor] = None              # [B] bool, rows that see garments
+    keep_rows: List[bool] = field(default_factory=list)  # the same on the host, read once per step
     strength: float = 1.0
     form: str = "separate"
     maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)  # A_k [B, T, N]
@@ -55,7 +56,7 @@ class DATrainProcessor:
         ctx, h = self.ctx, hidden_states
         q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
         f = ctx.features.get(self.key)
-        if f is None or ctx.keep is None or not bool(ctx.keep.any()):
+        if f is None or ctx.keep is None or not any(ctx.keep_rows):
             return _to_out(attn, sdpa_attention(q, k, v, attn.heads))
         b, t, c = q.shape
         n = ctx.garments
@@ -67,19 +68,19 @@ class DATrainProcessor:
         record = ctx.record_maps and (ctx.maps_max_tokens <= 0 or t <= ctx.maps_max_tokens)
         maps = torch.zeros(b, t, n, dtype=torch.float32, device=q.device)
 
-        def with_garments(idx):
+        def with_garments(rows: slice):
             res = dressing_attention(
-                q[idx], k[idx], v[idx], gk[idx], gv[idx], attn.heads, [length] * n, strength=ctx.strength,
-                form=ctx.form, regions=None if regions is None else regions[idx], return_maps=record)
+                q[rows], k[rows], v[rows], gk[rows], gv[rows], attn.heads, [length] * n, strength=ctx.strength,
+                form=ctx.form, regions=None if regions is None else regions[rows], return_maps=record)
             if not record:
                 return res
-            maps[idx] = res[1]
+            maps[rows] = res[1]
             return res[0]
 
-        def plain(idx):
-            return sdpa_attention(q[idx], k[idx], v[idx], attn.heads)
+        def plain(rows: slice):
+            return sdpa_attention(q[rows], k[rows], v[rows], attn.heads)
 
-        o = select_rows(ctx.keep, with_garments, plain, b)
+        o = split_rows(ctx.keep_rows, with_garments, plain)
         if record:
             ctx.maps[self.key] = maps
         return _to_out(attn, o)
@@ -177,6 +178,7 @@ class DressingTrainModel(nn.Module):
         ctx.maps = {}
         ctx.garments = int(present.shape[1])
         ctx.present, ctx.keep = present, keep
+        ctx.keep_rows = [bool(r) for r in keep.tolist()]
         rows = (present & keep.view(-1, 1)).flatten()
         # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
         ctx.features, sample = {}, None

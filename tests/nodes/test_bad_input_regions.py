@@ -101,7 +101,7 @@ def test_r06_unknown_source(host, heavy):
 
 
 def test_r07_regions_input_of_another_type(host, g, feats, heavy):
-    refused(heavy, lambda: g.apply(feats, regions={"source": "pose"}), "must come from the Garment Regions node")
+    refused(heavy, lambda: g.apply(feats, regions={"source": "pose"}), "must come from AnyDressing Regions")
 
 
 def test_r08_more_region_word_entries_than_garments(host, g, feats, heavy):
@@ -116,9 +116,9 @@ def test_r09_prompt_without_the_garment_word_falls_back(host, g, feats, caplog):
         patched = g.apply(feats, regions=regions(host, "prompt", clip=g.clip, prompt=prompt))
     assert re.search(r"garment 2 lower has no region \(none of its words \(trousers.*\) is in the prompt\)", caplog.text)
     assert "cannot separate them" in caplog.text  # one garment left with words: the prompt vote is off
-    spec = host.module("nodes.patch").find_shared(patched).region_spec
+    spec = host.module("nodes.patch").find_patch(patched).region_spec
     assert spec.unconstrained == [False, True]
-    labels = host.module("nodes.regions").used_regions(host.module("nodes.patch").find_shared(patched), (SIZE, SIZE))[1]
+    labels = host.module("nodes.regions").used_regions(host.module("nodes.patch").find_patch(patched), (SIZE, SIZE))[1]
     assert labels[1] == "2 lower: no region"
     assert torch.isfinite(g.sample(patched, positive=g.encode(prompt))).all()
 
@@ -130,9 +130,9 @@ def test_r10_more_garments_than_regions(host, g, points, caplog):
     with caplog.at_level(logging.WARNING):
         patched = g.apply(three, regions=regions(host, pose_keypoints=pose_keypoint(points)))
     assert "garment 2 other has no region (slot 'other' has no body part)" in caplog.text
-    shared = host.module("nodes.patch").find_shared(patched)
-    assert shared.region_spec.unconstrained == [False, True, False]
-    masks, labels = host.module("nodes.regions").used_regions(shared, (SIZE, SIZE))
+    patch = host.module("nodes.patch").find_patch(patched)
+    assert patch.region_spec.unconstrained == [False, True, False]
+    masks, labels = host.module("nodes.regions").used_regions(patch, (SIZE, SIZE))
     assert labels == ["1 upper: pose", "2 other: no region", "3 upper: pose"]
     assert (masks[1] == 1).all() and torch.equal(masks[0], masks[2])
     assert torch.isfinite(g.sample(patched)).all()

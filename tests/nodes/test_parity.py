@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers import garment_image
-from test_loader import diffusers_unet_from_comfy, make_adapter
+from helpers import diffusers_unet_from_comfy, make_adapter
 
 log = logging.getLogger(__name__)
 TOL = 1e-5  # relative: max|a - b| <= TOL * max|b|  (measured ~1.4e-6 / ~5e-7)
@@ -67,7 +67,7 @@ def diffusers_features(host, s, size=64):
     with torch.no_grad():
         feats = gnet.encode(latents, SLOTS)
         no_gfe = core.GarmentsNet(copy.deepcopy(gunet), context="none").encode(latents, SLOTS)
-    return full.project(feats, dtype=torch.float32), full, no_gfe
+    return full.attach(feats), full, no_gfe
 
 
 def test_garment_features_and_noise_prediction_match(host, setup):
@@ -77,13 +77,16 @@ def test_garment_features_and_noise_prediction_match(host, setup):
     assert max(rel_err(cf.tokens[k], no_gfe.tokens[k]) for k in df.tokens) > 10 * TOL  # the GFE LoRA matters
     assert cf.form == df.form == "separate"
     worst_f = 0.0
+    features = host.module("anydressing_core.features")
     for key in df.tokens:
         err = rel_err(cf.tokens[key], df.tokens[key])
-        worst_f = max(worst_f, err, rel_err(cf.kv[key][0], df.kv[key][0]), rel_err(cf.kv[key][1], df.kv[key][1]))
+        like = df.tokens[key].float()
+        (ck, cv), (dk, dv) = (features.garment_kv(f, key, None, None, like) for f in (cf, df))
+        worst_f = max(worst_f, err, rel_err(ck, dk), rel_err(cv, dv))
     assert set(cf.tokens) == set(df.tokens) and len(df.tokens) == 7
     assert worst_f <= TOL, f"garment features differ by {worst_f:.2e} (relative)"
 
-    # ComfyUI: Apply AnyDressing + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
+    # ComfyUI: AnyDressing Apply + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
     patched = host.run("AnyDressingApply", model=s["model"], features=cf, strength=0.7, start_percent=0.0,
                        end_percent=1.0, form="auto", cfg_policy="garments in positive only (paper)",
                        adapter=s["adapter"])[0]

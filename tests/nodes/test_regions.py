@@ -1,4 +1,4 @@
-"""Automatic regions through the real nodes (Garment Regions -> Apply -> KSampler -> Garment Attention Maps)."""
+"""Automatic regions through the real nodes (AnyDressing Regions -> Apply -> KSampler -> Attention Maps)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_pose_from_an_openpose_picture_gives_the_same_regions(host, g, two, pers
     op = host.module("anydressing_core.regions.openpose_image")
     frame = host.module("anydressing_core.regions.keypoints").frame_from_points([pts], SIZE, SIZE).scaled(512, 512)
     picture = torch.from_numpy(op.draw_openpose(frame)).float().div(255)[None]
-    find = host.module("nodes.patch").find_shared
+    find = host.module("nodes.patch").find_patch
     to_tokens = host.module("anydressing_core.attention").masks_to_tokens
     from_image = find(g.apply(two, regions=regions(host, pose_image=picture))).region_spec.pose_masks
     from_points = find(g.apply(two, regions=regions(host, pose_keypoints=kps))).region_spec.pose_masks
@@ -94,7 +94,7 @@ def test_maps_picture_shows_the_regions_in_force(host, g, two, person):
 def test_vote_sources_run_once_per_step_and_record_their_regions(host, g, two, person, source):
     _, kps = person
     patched = g.apply(two, form="separate", regions=regions(host, source, pose_keypoints=kps))
-    shared = host.module("nodes.patch").find_shared(patched)
+    patch = host.module("nodes.patch").find_patch(patched)
     steps = []
     plan_cls = host.module("anydressing_core.regions.plan").RegionPlan
     original = plan_cls.begin_step
@@ -109,8 +109,8 @@ def test_vote_sources_run_once_per_step_and_record_their_regions(host, g, two, p
         plan_cls.begin_step = original
     assert torch.isfinite(out).all()
     assert len(steps) == 4, f"the vote closed {len(steps)} times in 4 steps"
-    assert shared.state.auto_regions is None, "the run's plan outlived the run"
-    assert shared.last_regions is not None and shared.last_regions.shape == (2, SIZE, SIZE)
+    assert patch.state.auto_regions is None, "the run's plan outlived the run"
+    assert patch.last_regions is not None and patch.last_regions.shape == (2, SIZE, SIZE)
 
 
 class _Attn2Replace:
@@ -139,12 +139,12 @@ def test_prompt_regions_read_the_words_and_chain_with_other_attn2_patches(host, 
     patched = g.apply(two, model=m, regions=req)
     later = []
     patched.set_model_attn2_patch(lambda n, c, v, e: (later.append(1), (n, c, v))[1])  # a patch after ours
-    shared = host.module("nodes.patch").find_shared(patched)
-    spec = shared.region_spec
+    patch = host.module("nodes.patch").find_patch(patched)
+    spec = patch.region_spec
     assert all(spec.word_positions) and not any(spec.unconstrained)
     out = g.sample(patched, steps=3, positive=pos)
     assert torch.isfinite(out).all() and ip.calls > 0 and later
-    assert shared.last_regions is not None
+    assert patch.last_regions is not None
 
 
 def test_prompt_without_a_garment_word_falls_back_and_says_so(host, g, two, caplog):
@@ -160,9 +160,9 @@ def test_prompt_without_a_garment_word_falls_back_and_says_so(host, g, two, capl
 def test_region_words_name_the_garments_when_the_slot_nouns_do_not(host, g, two):
     prompt = "a person in a crimson tunic and indigo culottes"
     default = g.apply(two, regions=regions(host, "prompt", clip=g.clip, prompt=prompt))
-    assert all(host.module("nodes.patch").find_shared(default).region_spec.unconstrained)
+    assert all(host.module("nodes.patch").find_patch(default).region_spec.unconstrained)
     named = g.apply(two, regions=regions(host, "prompt", clip=g.clip, prompt=prompt, region_words="tunic; culottes"))
-    assert not any(host.module("nodes.patch").find_shared(named).region_spec.unconstrained)
+    assert not any(host.module("nodes.patch").find_patch(named).region_spec.unconstrained)
 
 
 def test_no_region_state_leaks_into_the_input_model(host, g, two, person):
@@ -177,9 +177,9 @@ def test_region_bias_is_built_once_per_level_per_run_or_step(host, g, two, perso
     """Regions cost nothing per layer call: pose regions build their bias once per level and run, a vote once per
     level and step (3 steps: 3 builds per level), never once per layer."""
     attention = host.module("anydressing_core.attention")
-    real = attention._call_invariants
+    real = attention._settings_tensors
     built = []
-    monkeypatch.setattr(attention, "_call_invariants", lambda *a, **k: (built.append(a[1]), real(*a, **k))[1])
+    monkeypatch.setattr(attention, "_settings_tensors", lambda *a, **k: (built.append(a[1]), real(*a, **k))[1])
     _, kps = person
     patched = g.apply(two, form="separate", regions=regions(host, source, pose_keypoints=kps))
     g.sample(patched, steps=3)
