@@ -59,7 +59,8 @@ def test_pose_regions_keep_each_garment_to_its_body_part(host, g, two, person):
     body = host.module("anydressing_core.regions.body")
     frame = host.module("anydressing_core.regions.keypoints").parse_pose_keypoint(kps)
     drawn, _ = body.slot_masks(frame, ["upper", "lower"])
-    legs = torch.from_numpy((drawn[1] > 0.5) & (drawn[0] < 0.5))  # lower's region only
+    drawn = torch.nn.functional.interpolate(torch.from_numpy(drawn)[None], size=(SIZE, SIZE), mode="area")[0]
+    legs = (drawn[1] > 0.5) & (drawn[0] < 0.5)  # lower's region only, at the picture's size
     _, with_regions = maps_of(host, g, patched, out)
     _, without = maps_of(host, g, free, out)
     assert float(with_regions[0][legs].mean()) < 0.5 * float(without[0][legs].mean())
