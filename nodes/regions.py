@@ -1,7 +1,7 @@
 """AnyDressing Regions and the region hooks of the patch: automatic per-garment regions in ComfyUI.
 
 The node turns a pose (an OpenPose picture or POSE_KEYPOINT) and/or the prompt's tokens into a typed
-request (``ANYDRESSING_REGIONS``) for one Apply AnyDressing. Apply makes it a ``RegionSpec`` for its
+request (``ANYDRESSING_REGIONS``) for one AnyDressing Apply. Apply makes it a ``RegionSpec`` for its
 garments; during sampling a ``RegionPlan`` (anydressing_core/regions) gives every DA layer its allowed
 garments. Votes are fed from the positive rows of the coarse layers; the plan closes them once per step.
 See docs/REGIONS.md.
@@ -75,6 +75,8 @@ def make_request(source: str, pose_image=None, pose_keypoints=None, clip=None, p
         if not torch.is_tensor(pose_image) or pose_image.ndim != 4 or pose_image.shape[-1] < 3:
             raise AnyDressingError(f"pose_image must be an IMAGE [B, H, W, 3]; got {type(pose_image).__name__} "
                                    f"{tuple(getattr(pose_image, 'shape', ()))}")
+        if pose_image.shape[0] > 1:
+            log.info("AnyDressing regions: %d pose pictures; the first one is used for every image", pose_image.shape[0])
         pose = keypoints_from_openpose(pose_image[0].detach().cpu().float().numpy())
     if source == RegionSource.POSE and pose is None:
         raise AnyDressingError("region source 'pose' needs a pose: connect an OpenPose picture (pose_image) or the "
