@@ -101,8 +101,8 @@ def image_token_context(adapter, clip_vision, pixels):
             log.info("AnyDressing: clip_vision is only used by weights with an image-token context; ignored")
         return None
     if clip_vision is None:
-        log.warning("AnyDressing: %s reads garment image tokens; connect a CLIP vision model (ViT-H) to AnyDressing "
-                    "Encode Garments, otherwise the empty prompt stands in and garments transfer worse", adapter.name)
+        log.warning("AnyDressing: %s reads garment image tokens; connect a CLIP vision model (ViT-H) to "
+                    "AnyDressing Encode Garments, otherwise the empty prompt stands in and garments transfer worse", adapter.name)
         return None
     if not hasattr(clip_vision, "encode_image"):
         raise AnyDressingError(f"'clip_vision' must be a CLIP_VISION (Load CLIP Vision); got {type(clip_vision).__name__}")

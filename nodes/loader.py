@@ -47,7 +47,7 @@ def load_adapter(anydressing_name, model=None, clip=None):
     context = adapter.meta.garments_net_context
     if context != GarmentsNetContext.NONE:
         if clip is not None:
-            # "image_tokens" (IMAGDressing): Encode Garments runs the resampler when a CLIP vision model is
+            # "image_tokens" (IMAGDressing): AnyDressing Encode Garments runs the resampler when a CLIP vision model is
             # connected to it; the empty prompt stands in otherwise [choice]
             adapter.garment_context = clip.encode_from_tokens(clip.tokenize(""))
         else:
