@@ -6,7 +6,7 @@ Layout (docs/FORMAT.md is the reference)::
     gfe.<layer>.<target>.lora_A            [S, r, C]   one LoRA set per slot, target in q/k/v/out
     gfe.<layer>.<target>.lora_B            [S, C, r]
     da.<layer>.to_k / da.<layer>.to_v      [C, C]      Wk', Wv' per DressingNet layer (optional)
-    resampler.*                            IMAGDressing's image resampler (run by Encode Garments with clip_vision)
+    resampler.*                            IMAGDressing's image resampler (run by AnyDressing Encode Garments with clip_vision)
 
 ``<layer>`` is a ComfyUI block key string, e.g. ``input.1.0``.  Metadata (all strings) under
 ``anydressing.*``: format_version, base, layers, slots, lora_rank, lora_alpha, lora_targets,

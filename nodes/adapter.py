@@ -103,7 +103,7 @@ def _restore_attn2(options: dict, model, context):
 def encode_options(adapter, options: dict, slots, keys, model=None, context=None) -> dict:
     """Add the adapter's GFE to the transformer_options of a GarmentsNet pass (in place; returned).
 
-    ``options`` must already hold fresh ``patches`` / ``patches_replace`` dicts (Encode Garments builds
+    ``options`` must already hold fresh ``patches`` / ``patches_replace`` dicts (AnyDressing Encode Garments builds
     them); ``slots`` give each batch row's slot.  Weights whose GarmentsNet reads a text context
     (MagicClothing) get attn2 back, fed ``context`` or ``adapter.garment_context``.
     """

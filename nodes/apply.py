@@ -11,7 +11,7 @@ from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
 from . import adapter as adapter_side
 from . import regions as region_hooks
-from .common import (CATEGORY, Adapter, CFGPolicy, GarmentFeaturesType, attn1_modules, check_choice, choice_message,
+from .common import (Adapter, AnyDressingNode, CFGPolicy, GarmentFeaturesType, attn1_modules, check_choice,
                      diffusion_model_of)
 from .host_api import io, patcher_extension
 from .patch import DressingPatch, DressingReplace, managed_store
@@ -43,18 +43,14 @@ def check_features(model_modules: dict, features: GarmentFeatures):
             )
 
 
-def settings_message(strength=None, start_percent=None, end_percent=None, form=None, cfg_policy=None):
-    """True, or what is wrong with Apply's settings (None: not known yet)."""
+def settings_message(strength=None, start_percent=None, end_percent=None):
+    """True, or what is wrong with Apply's numbers (None: not known yet)."""
     if strength is not None and not STRENGTH_RANGE[0] <= float(strength) <= STRENGTH_RANGE[1]:
         return f"strength {strength} is out of range; use {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g} (the paper uses 0.7)"
     percents = [float(p) for p in (start_percent, end_percent) if p is not None]
     ordered = start_percent is None or end_percent is None or float(start_percent) <= float(end_percent)
     if not all(0.0 <= p <= 1.0 for p in percents) or not ordered:
         return f"start_percent {start_percent} / end_percent {end_percent}: both must be in 0..1 and start <= end"
-    if form is not None and (msg := choice_message(form, DAForm.CHOICES, "form")) is not True:
-        return msg
-    if cfg_policy is not None and (msg := choice_message(cfg_policy, CFGPolicy.ALL, "cfg_policy")) is not True:
-        return msg
     return True
 
 
@@ -81,7 +77,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         raise AnyDressingError(f"'features' must come from AnyDressing Encode Garments (got {type(features).__name__})")
     if features.count == 0:
         raise AnyDressingError("the garment features hold no garments; add an AnyDressing Garment node")
-    problem = settings_message(strength, start_percent, end_percent, None, None)
+    problem = settings_message(strength, start_percent, end_percent)
     if problem is not True:
         raise AnyDressingError(problem)
     check_choice(form, DAForm.CHOICES, "form")
@@ -116,50 +112,43 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     return patched
 
 
-class AnyDressingApply(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingApply",
-            display_name="AnyDressing Apply",
-            category=CATEGORY,
-            description=(
-                "Dresses the person in the encoded garments: every self-attention layer of the MODEL also attends to "
-                "the garment features (Dressing-Attention). Connect the result to a stock KSampler. Works after LoRA "
-                "loaders, with ControlNet and with IP-Adapter (which lives on cross-attention)."),
-            inputs=[
-                io.Model.Input("model", tooltip="The SD1.5 model you sample with (DressingNet)."),
-                GarmentFeaturesType.Input("features", tooltip="From AnyDressing Encode Garments."),
-                io.Float.Input("strength", default=0.7, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
-                               tooltip="lambda: weight of the garment attention (paper: 0.7). 0 = off, exactly."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Sampling progress at which garments start to apply."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Sampling progress after which garments stop applying."),
-                io.Combo.Input("form", options=list(DAForm.CHOICES), default=DAForm.AUTO,
-                               tooltip="separate: the paper's self-attention + lambda * garment attention; joint: one "
-                                       "softmax over image and garment tokens (reference style). auto: what the "
-                                       "weights were trained with; joint in zero-shot."),
-                io.Combo.Input("cfg_policy", options=CFGPolicy.ALL, default=CFGPolicy.PAPER,
-                               tooltip="Paper: the negative (unconditional) branch drops text and garments together. "
-                                       "'both' also dresses the negative branch."),
-                Adapter.Input("adapter", optional=True,
-                              tooltip="Optional, from AnyDressing Loader: checks the weights fit this MODEL and brings "
-                                      "their trained K'/V' projections if the features were encoded without them."),
-                io.Mask.Input("region_masks", optional=True,
-                              tooltip="Optional: one mask per garment (chain order) on the output image. Pixels inside "
-                                      "garment k's region attend only to garment k (training-free localization)."),
-                region_hooks.Regions.Input("regions", optional=True,
-                                           tooltip="Optional, from AnyDressing Regions: automatic per-garment regions "
-                                                   "(pose, attention or prompt) instead of masks."),
-            ],
-            outputs=[io.Model.Output("dressed_model", tooltip="The patched model (a clone; the input MODEL is "
-                                                              "unchanged).")],
-        )
+class AnyDressingApply(AnyDressingNode):
+    node_id = "AnyDressingApply"
+    title = "AnyDressing Apply"
+    about = ("Dresses the person in the encoded garments: every self-attention layer of the MODEL also attends to the "
+             "garment features (Dressing-Attention). Connect the result to a stock KSampler. Works after LoRA loaders, "
+             "with ControlNet and with IP-Adapter (which lives on cross-attention).")
+    inputs = [
+        io.Model.Input("model", tooltip="The SD1.5 model you sample with (DressingNet)."),
+        GarmentFeaturesType.Input("features", tooltip="From AnyDressing Encode Garments."),
+        io.Float.Input("strength", default=0.7, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
+                       tooltip="lambda: weight of the garment attention (paper: 0.7). 0 = off, exactly."),
+        io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Sampling progress at which garments start to apply."),
+        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Sampling progress after which garments stop applying."),
+        io.Combo.Input("form", options=list(DAForm.CHOICES), default=DAForm.AUTO,
+                       tooltip="separate: the paper's self-attention + lambda * garment attention; joint: one softmax "
+                               "over image and garment tokens (reference style). auto: what the weights were trained "
+                               "with; joint in zero-shot."),
+        io.Combo.Input("cfg_policy", options=CFGPolicy.ALL, default=CFGPolicy.PAPER,
+                       tooltip="Paper: the negative (unconditional) branch drops text and garments together. 'both' "
+                               "also dresses the negative branch."),
+        Adapter.Input("adapter", optional=True,
+                      tooltip="Optional, from AnyDressing Loader: checks the weights fit this MODEL and brings their "
+                              "trained K'/V' projections if the features were encoded without them."),
+        io.Mask.Input("region_masks", optional=True,
+                      tooltip="Optional: one mask per garment (chain order) on the output image. Pixels inside garment "
+                              "k's region attend only to garment k (training-free localization)."),
+        region_hooks.Regions.Input("regions", optional=True,
+                                   tooltip="Optional, from AnyDressing Regions: automatic per-garment regions (pose, "
+                                           "attention or prompt) instead of masks."),
+    ]
+    outputs = [io.Model.Output("dressed_model", tooltip="The patched model (a clone; the input MODEL is unchanged).")]
 
     @classmethod
-    def validate_inputs(cls, strength=None, start_percent=None, end_percent=None, form=None, cfg_policy=None):
-        return settings_message(strength, start_percent, end_percent, form, cfg_policy)
+    def check_settings(cls, start_percent=None, end_percent=None, **_):
+        return settings_message(None, start_percent, end_percent)
 
     @classmethod
     def execute(cls, model, features, strength, start_percent, end_percent, form, cfg_policy, adapter=None,

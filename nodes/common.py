@@ -26,16 +26,80 @@ class CFGPolicy:
     ALL = [PAPER, BOTH]
 
 
+def choice_message(value, options, what: str):
+    """True when ``value`` is one of ``options``, else the message (at most 20 options are listed)."""
+    if value in options:
+        return True
+    listed = ", ".join(map(str, options[:20])) + (f" ... ({len(options)} in all)" if len(options) > 20 else "")
+    return f"unknown {what} {value!r}; use one of {listed or 'nothing (the list is empty)'}"
+
+
 def check_choice(value, options, what: str):
     """A combo value that is one of ``options``, or an error that lists them."""
-    if value not in options:
-        raise AnyDressingError(f"unknown {what} {value!r}; use one of {', '.join(map(str, options))}")
+    message = choice_message(value, list(options), what)
+    if message is not True:
+        raise AnyDressingError(message)
     return value
 
 
-def choice_message(value, options, what: str):
-    """``validate_inputs``' form of :func:`check_choice`: True, or the message."""
-    return True if value in options else f"unknown {what} {value!r}; use one of {', '.join(map(str, options))}"
+def _bound(x) -> str:
+    return "any" if x is None else f"{x:g}"
+
+
+def widget_message(spec, value):
+    """True, or why ``value`` does not fit the widget input ``spec`` (its options, or its min..max)."""
+    options = getattr(spec, "options", None)
+    if options is not None:
+        return choice_message(value, list(options), spec.id)
+    lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
+    if lo is None and hi is None:
+        return True
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"{spec.id} {value!r} is not a number"
+    if not ((lo is None or number >= lo) and (hi is None or number <= hi)):  # NaN fails both
+        return f"{spec.id} {value} is out of range; use {_bound(lo)}..{_bound(hi)}"
+    return True
+
+
+class AnyDressingNode(io.ComfyNode):
+    """Base of the pack's nodes: the schema comes from the class attributes below, and every widget value is
+    checked against it when the prompt is queued, so each node file says only what is its own.
+
+    ``inputs`` / ``outputs`` are lists of V3 inputs and outputs (override :meth:`schema_inputs` for inputs
+    that change at run time, such as a folder's file list); :meth:`check_settings` adds rules across inputs.
+    """
+
+    node_id = ""
+    title = ""
+    about = ""
+    menu = CATEGORY
+    inputs: list = []
+    outputs: list = []
+
+    @classmethod
+    def schema_inputs(cls) -> list:
+        return list(cls.inputs)
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id=cls.node_id, display_name=cls.title, category=cls.menu, description=cls.about,
+                         inputs=cls.schema_inputs(), outputs=list(cls.outputs))
+
+    @classmethod
+    def validate_inputs(cls, **values):
+        """Queue-time check of the widget values (linked inputs are not known yet and are skipped)."""
+        for spec in cls.schema_inputs():
+            value = values.get(spec.id)
+            if value is not None and (message := widget_message(spec, value)) is not True:
+                return message
+        return cls.check_settings(**values)
+
+    @classmethod
+    def check_settings(cls, **values):
+        """True, or what is wrong across this node's widget values."""
+        return True
 
 
 def diffusion_model_of(model, role: str = "model"):

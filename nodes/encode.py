@@ -12,7 +12,7 @@ from ..anydressing_core.features import GarmentFeatures, GarmentsNetContext, key
 from ..anydressing_core.garments import GarmentList, place_garment
 from ..anydressing_core.resampler import Resampler
 from . import adapter as adapter_side
-from .common import (CATEGORY, Adapter, GarmentFeaturesType, Garments, attn1_modules, compute_dtype,
+from .common import (Adapter, AnyDressingNode, GarmentFeaturesType, Garments, attn1_modules, compute_dtype,
                      diffusion_model_of, latent_channels, model_channels)
 from .host_api import io, model_management, utils
 
@@ -101,8 +101,8 @@ def image_token_context(adapter, clip_vision, pixels):
             log.info("AnyDressing: clip_vision is only used by weights with an image-token context; ignored")
         return None
     if clip_vision is None:
-        log.warning("AnyDressing: %s reads garment image tokens; connect a CLIP vision model (ViT-H) to AnyDressing "
-                    "Encode Garments, otherwise the empty prompt stands in and garments transfer worse", adapter.name)
+        log.warning("AnyDressing: %s reads garment image tokens; connect a CLIP vision model (ViT-H) to "
+                    "AnyDressing Encode Garments, otherwise the empty prompt stands in and garments transfer worse", adapter.name)
         return None
     if not hasattr(clip_vision, "encode_image"):
         raise AnyDressingError(f"'clip_vision' must be a CLIP_VISION (Load CLIP Vision); got {type(clip_vision).__name__}")
@@ -171,43 +171,33 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     return adapter_side.attach(adapter, features, model)
 
 
-class AnyDressingEncodeGarments(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingEncodeGarments",
-            display_name="AnyDressing Encode Garments",
-            category=CATEGORY,
-            description=(
-                "Runs GarmentsNet once (t=0, no text) over all garments together and keeps each self-attention "
-                "layer's input. Zero-shot: connect the same MODEL you sample with. The result is reused at every "
-                "sampling step, and ComfyUI caches it while the garments do not change."),
-            inputs=[
-                io.Model.Input("model", tooltip="GarmentsNet. In zero-shot mode, the base SD1.5 MODEL itself (LoRAs "
-                                                "allowed)."),
-                io.Vae.Input("vae", tooltip="The checkpoint's VAE, used to turn the garment pictures into latents."),
-                Garments.Input("garments", tooltip="The chain of AnyDressing Garment nodes."),
-                io.Int.Input("width", default=384, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=64,
-                             tooltip="Width each garment is encoded at. Larger keeps finer texture, costs more "
-                                     "attention."),
-                io.Int.Input("height", default=512, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=64,
-                             tooltip="Height each garment is encoded at (the paper uses 3:4 portraits)."),
-                Adapter.Input("adapter", optional=True,
-                              tooltip="Optional, from AnyDressing Loader (connect its garments_net to model): garment "
-                                      "LoRA per slot and trained K'/V' projections. Empty = zero-shot."),
-                io.ClipVision.Input("clip_vision", optional=True,
-                                    tooltip="Only for IMAGDressing weights: the CLIP vision model (ViT-H) whose garment "
-                                            "tokens their resampler turns into GarmentsNet's context."),
-            ],
-            outputs=[GarmentFeaturesType.Output("features", display_name="features",
-                                                tooltip="Garment features for AnyDressing Apply.")],
-        )
+class AnyDressingEncodeGarments(AnyDressingNode):
+    node_id = "AnyDressingEncodeGarments"
+    title = "AnyDressing Encode Garments"
+    about = ("Runs GarmentsNet once (t=0, no text) over all garments together and keeps each self-attention layer's "
+             "input. Zero-shot: connect the same MODEL you sample with. The result is reused at every sampling step, "
+             "and ComfyUI caches it while the garments do not change.")
+    inputs = [
+        io.Model.Input("model", tooltip="GarmentsNet. In zero-shot mode, the base SD1.5 MODEL itself (LoRAs allowed)."),
+        io.Vae.Input("vae", tooltip="The checkpoint's VAE, used to turn the garment pictures into latents."),
+        Garments.Input("garments", tooltip="The chain of AnyDressing Garment nodes."),
+        io.Int.Input("width", default=384, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=64,
+                     tooltip="Width each garment is encoded at. Larger keeps finer texture, costs more attention."),
+        io.Int.Input("height", default=512, min=SIZE_RANGE[0], max=SIZE_RANGE[1], step=64,
+                     tooltip="Height each garment is encoded at (the paper uses 3:4 portraits)."),
+        Adapter.Input("adapter", optional=True,
+                      tooltip="Optional, from AnyDressing Loader (connect its garments_net to model): garment LoRA "
+                              "per slot and trained K'/V' projections. Empty = zero-shot."),
+        io.ClipVision.Input("clip_vision", optional=True,
+                            tooltip="Only for IMAGDressing weights: the CLIP vision model (ViT-H) whose garment tokens "
+                                    "their resampler turns into GarmentsNet's context."),
+    ]
+    outputs = [GarmentFeaturesType.Output("features", display_name="features",
+                                          tooltip="Garment features for AnyDressing Apply.")]
 
     @classmethod
-    def validate_inputs(cls, width=None, height=None):
-        if width is None or height is None:
-            return True
-        return check_size(int(width), int(height))
+    def check_settings(cls, width=None, height=None, **_):
+        return True if width is None or height is None else check_size(int(width), int(height))
 
     @classmethod
     def execute(cls, model, vae, garments, width, height, adapter=None, clip_vision=None) -> io.NodeOutput:

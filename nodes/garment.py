@@ -6,7 +6,7 @@ import torch
 
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.garments import MAX_GARMENTS, SLOTS, Garment, GarmentList, normalize_garment
-from .common import CATEGORY, Garments, check_choice, choice_message
+from .common import AnyDressingNode, Garments, check_choice
 from .host_api import io
 
 #: Garment weights: 1 = normal, 0 = ignored.
@@ -56,50 +56,33 @@ def make_garments(image, slot: str, weight: float, mask=None, garments=None, mas
     return (garments or GarmentList()).appended(new)
 
 
-class AnyDressingGarment(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingGarment",
-            display_name="AnyDressing Garment",
-            category=CATEGORY,
-            description=(
-                "Adds one garment (T-shirt, jeans, hat, ...) to the list AnyDressing dresses the person in. Chain "
-                f"several of these nodes through 'garments' for up to {MAX_GARMENTS} garments. A batch of images adds "
-                "one garment per image."),
-            inputs=[
-                io.Image.Input("image", tooltip="The garment picture (in-shop photo or flat lay). A plain background is "
-                                                "cut away automatically when no mask is connected."),
-                io.Combo.Input("slot", options=list(SLOTS), default="upper",
-                               tooltip="What kind of garment this is. Trained AnyDressing weights use a garment-specific "
-                                       "extractor per slot; zero-shot uses it for labels."),
-                io.Float.Input("weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05,
-                               tooltip="How strongly this garment is transferred relative to the others (1 = normal, "
-                                       "0 = ignored)."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Optional garment mask on the garment picture. Leave unconnected for an automatic "
-                                      "mask (plain backgrounds) or the picture's transparency."),
-                Garments.Input("garments", optional=True,
-                               tooltip="Garments added by earlier AnyDressing Garment nodes; this one is appended."),
-                io.Combo.Input("mask_mode", options=MaskMode.ALL, default=MaskMode.WHITE, optional=True,
-                               tooltip="How to read the mask. LoadImage's MASK output is white where the picture is "
-                                       "TRANSPARENT, so choose 'black is garment' for it."),
-            ],
-            outputs=[Garments.Output("garment_list", display_name="garments",
-                                     tooltip="The garment list so far; connect to another AnyDressing Garment or to "
-                                             "AnyDressing Encode Garments.")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, slot=None, weight=None, mask_mode=None):
-        """Refuse bad widget values when the prompt is queued (None: linked, known only at run time)."""
-        if slot is not None and (msg := choice_message(slot, SLOTS, "slot")) is not True:
-            return msg
-        if mask_mode is not None and (msg := choice_message(mask_mode, MaskMode.ALL, "mask_mode")) is not True:
-            return msg
-        if weight is not None and not WEIGHT_RANGE[0] <= float(weight) <= WEIGHT_RANGE[1]:
-            return f"garment weight {weight} is out of range; use {WEIGHT_RANGE[0]:g}..{WEIGHT_RANGE[1]:g}"
-        return True
+class AnyDressingGarment(AnyDressingNode):
+    node_id = "AnyDressingGarment"
+    title = "AnyDressing Garment"
+    about = ("Adds one garment (T-shirt, jeans, hat, ...) to the list AnyDressing dresses the person in. Chain several "
+             f"of these nodes through 'garments' for up to {MAX_GARMENTS} garments. A batch of images adds one garment "
+             "per image.")
+    inputs = [
+        io.Image.Input("image", tooltip="The garment picture (in-shop photo or flat lay). A plain background is cut "
+                                        "away automatically when no mask is connected."),
+        io.Combo.Input("slot", options=list(SLOTS), default="upper",
+                       tooltip="What kind of garment this is. Trained AnyDressing weights use a garment-specific "
+                               "extractor per slot; zero-shot uses it for labels."),
+        io.Float.Input("weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05,
+                       tooltip="How strongly this garment is transferred relative to the others (1 = normal, "
+                               "0 = ignored)."),
+        io.Mask.Input("mask", optional=True,
+                      tooltip="Optional garment mask on the garment picture. Leave unconnected for an automatic mask "
+                              "(plain backgrounds) or the picture's transparency."),
+        Garments.Input("garments", optional=True,
+                       tooltip="Garments added by earlier AnyDressing Garment nodes; this one is appended."),
+        io.Combo.Input("mask_mode", options=MaskMode.ALL, default=MaskMode.WHITE, optional=True,
+                       tooltip="How to read the mask. LoadImage's MASK output is white where the picture is "
+                               "TRANSPARENT, so choose 'black is garment' for it."),
+    ]
+    outputs = [Garments.Output("garment_list", display_name="garments",
+                               tooltip="The garment list so far; connect to another AnyDressing Garment or to "
+                                       "AnyDressing Encode Garments.")]
 
     @classmethod
     def execute(cls, image, slot, weight, mask=None, garments=None, mask_mode=MaskMode.WHITE) -> io.NodeOutput:

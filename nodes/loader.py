@@ -9,7 +9,7 @@ from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentsNetContext
 from ..anydressing_core.weights import load_weights
 from . import adapter as adapter_side
-from .common import CATEGORY, Adapter, model_channels
+from .common import CATEGORY, Adapter, AnyDressingNode, model_channels
 from .host_api import folder_paths, io
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def load_adapter(anydressing_name, model=None, clip=None):
     context = adapter.meta.garments_net_context
     if context != GarmentsNetContext.NONE:
         if clip is not None:
-            # "image_tokens" (IMAGDressing): Encode Garments runs the resampler when a CLIP vision model is
+            # "image_tokens" (IMAGDressing): AnyDressing Encode Garments runs the resampler when a CLIP vision model is
             # connected to it; the empty prompt stands in otherwise [choice]
             adapter.garment_context = clip.encode_from_tokens(clip.tokenize(""))
         else:
@@ -58,49 +58,47 @@ def load_adapter(anydressing_name, model=None, clip=None):
     return garments_net, adapter
 
 
-class AnyDressingLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingLoader",
-            display_name="AnyDressing Loader",
-            category=f"{CATEGORY}/loaders",
-            description=(
-                "Loads AnyDressing weights from models/anydressing (or an 'anydressing:' folder in "
-                "extra_model_paths.yaml): the GarmentsNet for AnyDressing Encode Garments and the adapter (garment "
-                "LoRA per slot, trained K'/V' projections) for AnyDressing Encode Garments and AnyDressing Apply. "
-                "MagicClothing .safetensors are imported on the fly; pickles (.pt/.pth) must be converted first with "
-                "`python -m anydressing_core.convert`. Peer weights are non-commercial."),
-            inputs=[
-                io.Combo.Input("anydressing_name", options=weight_files(),
-                               tooltip="An AnyDressing .safetensors in models/anydressing. Empty list: put files there "
-                                       "(or add an 'anydressing:' path to extra_model_paths.yaml) and press R to "
-                                       "refresh."),
-                io.Model.Input("model", optional=True,
-                               tooltip="Optional base MODEL (your SD1.5 checkpoint). Needed when the file has no "
-                                       "GarmentsNet weights (GarmentsNet is then the base UNet); also checks the "
-                                       "adapter fits it."),
-                io.Clip.Input("clip", optional=True,
-                              tooltip="Optional CLIP of your checkpoint. Weights whose GarmentsNet was trained with a "
-                                      "text context (MagicClothing: the empty prompt) need it; AnyDressing's own "
-                                      "weights do not."),
-            ],
-            outputs=[
-                io.Model.Output("garments_net", display_name="garments_net",
-                                tooltip="GarmentsNet: connect to AnyDressing Encode Garments' model input. For files "
-                                        "without GarmentsNet weights this is the connected base MODEL."),
-                Adapter.Output("adapter", display_name="adapter",
-                               tooltip="The adapter: connect to the adapter input of AnyDressing Encode Garments and "
-                                       "AnyDressing Apply."),
-            ],
-        )
+class AnyDressingLoader(AnyDressingNode):
+    node_id = "AnyDressingLoader"
+    title = "AnyDressing Loader"
+    menu = f"{CATEGORY}/loaders"
+    about = ("Loads AnyDressing weights from models/anydressing (or an 'anydressing:' folder in extra_model_paths.yaml): "
+             "the GarmentsNet for AnyDressing Encode Garments and the adapter (garment LoRA per slot, trained K'/V' "
+             "projections) for AnyDressing Encode Garments and AnyDressing Apply. MagicClothing .safetensors are "
+             "imported on the fly; pickles (.pt/.pth) must be converted first with `python -m "
+             "anydressing_core.convert`. Peer weights are non-commercial.")
+    outputs = [
+        io.Model.Output("garments_net", display_name="garments_net",
+                        tooltip="GarmentsNet: connect to AnyDressing Encode Garments' model input. For files without "
+                                "GarmentsNet weights this is the connected base MODEL."),
+        Adapter.Output("adapter", display_name="adapter",
+                       tooltip="The adapter: connect to the adapter input of AnyDressing Encode Garments and "
+                               "AnyDressing Apply."),
+    ]
 
     @classmethod
-    def validate_inputs(cls, anydressing_name=None):
-        if anydressing_name is None or anydressing_name in weight_files():
-            return True
-        return (f"{anydressing_name!r} is not in any anydressing folder ({folder_paths.get_folder_paths(FOLDER)}); "
-                "put the file there (only .safetensors are listed) and press R to refresh")
+    def schema_inputs(cls):  # the folder's file list, read again whenever the editor asks
+        return [
+            io.Combo.Input("anydressing_name", options=weight_files(),
+                           tooltip="An AnyDressing .safetensors in models/anydressing. Empty list: put files there (or "
+                                   "add an 'anydressing:' path to extra_model_paths.yaml) and press R to refresh."),
+            io.Model.Input("model", optional=True,
+                           tooltip="Optional base MODEL (your SD1.5 checkpoint). Needed when the file has no "
+                                   "GarmentsNet weights (GarmentsNet is then the base UNet); also checks the adapter "
+                                   "fits it."),
+            io.Clip.Input("clip", optional=True,
+                          tooltip="Optional CLIP of your checkpoint. Weights whose GarmentsNet was trained with a text "
+                                  "context (MagicClothing: the empty prompt) need it; AnyDressing's own weights do "
+                                  "not."),
+        ]
+
+    @classmethod
+    def validate_inputs(cls, **values):
+        name = values.get("anydressing_name")
+        if name is not None and name not in weight_files():
+            return (f"{name!r} is not in any anydressing folder ({folder_paths.get_folder_paths(FOLDER)}); put the "
+                    "file there (only .safetensors are listed) and press R to refresh")
+        return super().validate_inputs(**values)
 
     @classmethod
     def execute(cls, anydressing_name, model=None, clip=None) -> io.NodeOutput:

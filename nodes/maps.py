@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
-from .common import CATEGORY, latent_channels
+from .common import AnyDressingNode, latent_channels
 from . import regions as region_hooks
 from .host_api import io, sample, samplers
 from .patch import MapStore, find_patch
@@ -94,36 +94,23 @@ def attention_maps(model, positive, latent, at_percent, seed):
     return picture, maps
 
 
-class AnyDressingAttentionMaps(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingAttentionMaps",
-            display_name="AnyDressing Attention Maps",
-            category=CATEGORY,
-            description=(
-                "Shows where each garment lands: runs the AnyDressing-patched model once on the sampled latent "
-                "(re-noised to at_percent) and averages each garment's attention share over all layers."),
-            inputs=[
-                io.Model.Input("model", tooltip="The MODEL output of AnyDressing Apply."),
-                io.Conditioning.Input("positive", tooltip="The positive prompt used for sampling."),
-                io.Latent.Input("latent", tooltip="The sampled latent (KSampler output), or any latent of the output "
-                                                  "size."),
-                io.Float.Input("at_percent", default=0.5, min=0.0, max=AT_PERCENT_MAX, step=0.01,
-                               tooltip="Noise level to look at, as sampling progress (0 = pure noise)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the re-noising."),
-            ],
-            outputs=[
-                io.Image.Output("maps_image", display_name="maps_image",
-                                tooltip="One coloured panel per garment, side by side."),
-                io.Mask.Output("garment_masks", display_name="garment_masks",
-                               tooltip="One map per garment (chain order), 0..1."),
-            ],
-        )
-
-    @classmethod
-    def validate_inputs(cls, at_percent=None):
-        return True if at_percent is None else check_at_percent(at_percent)
+class AnyDressingAttentionMaps(AnyDressingNode):
+    node_id = "AnyDressingAttentionMaps"
+    title = "AnyDressing Attention Maps"
+    about = ("Shows where each garment lands: runs the AnyDressing-patched model once on the sampled latent "
+             "(re-noised to at_percent) and averages each garment's attention share over all layers.")
+    inputs = [
+        io.Model.Input("model", tooltip="The MODEL output of AnyDressing Apply."),
+        io.Conditioning.Input("positive", tooltip="The positive prompt used for sampling."),
+        io.Latent.Input("latent", tooltip="The sampled latent (KSampler output), or any latent of the output size."),
+        io.Float.Input("at_percent", default=0.5, min=0.0, max=AT_PERCENT_MAX, step=0.01,
+                       tooltip="Noise level to look at, as sampling progress (0 = pure noise)."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the re-noising."),
+    ]
+    outputs = [
+        io.Image.Output("maps_image", display_name="maps_image", tooltip="One coloured panel per garment, side by side."),
+        io.Mask.Output("garment_masks", display_name="garment_masks", tooltip="One map per garment (chain order), 0..1."),
+    ]
 
     @classmethod
     def execute(cls, model, positive, latent, at_percent, seed) -> io.NodeOutput:

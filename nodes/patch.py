@@ -110,7 +110,7 @@ def cfg_flags(cond_or_uncond: Optional[Sequence[int]], batch: int, policy: str) 
 
 
 class DressingPatch:
-    """Settings, garment store and per-run state of one Apply AnyDressing, shared by all its layer replaces."""
+    """Settings, garment store and per-run state of one AnyDressing Apply, shared by all its layer replaces."""
 
     def __init__(self, features: GarmentFeatures, store, strength: float, sigma_start: float, sigma_end: float,
                  form: str, cfg_policy: str, regions: Optional[torch.Tensor] = None, region_spec=None):

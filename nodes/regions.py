@@ -23,7 +23,7 @@ from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.regions import (PoseFrame, RegionPlan, RegionSource, RegionSpec, keypoints_from_openpose,
                                         parse_pose_keypoint, parse_region_words, region_spec)
 from ..anydressing_core.regions.prompt import SLOT_WORDS, phrase_positions, position_matrix, word_maps
-from .common import CATEGORY, choice_message
+from .common import AnyDressingNode
 from .host_api import io
 
 log = logging.getLogger(__name__)
@@ -118,43 +118,32 @@ def spec_for(request, features: GarmentFeatures, masks_given: bool = False) -> O
     return region_spec(request.source, slots, names, pose=request.pose, word_positions=positions, phrases=phrases)
 
 
-class AnyDressingRegions(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AnyDressingRegions",
-            display_name="AnyDressing Regions",
-            category=CATEGORY,
-            description=(
-                "Automatic per-garment regions for AnyDressing Apply, so garments stop bleeding into each other "
-                "without hand-drawn masks: from a pose (an OpenPose picture or a pose estimator's keypoints), from "
-                "the garments' own attention, or from where the prompt's garment words are read. Connect the output "
-                "to AnyDressing Apply's 'regions'."),
-            inputs=[
-                io.Combo.Input("source", options=list(RegionSource.ALL), default=DEFAULT_SOURCE, tooltip=(
-                    "pose: body parts from the pose (best measured). attention: each pixel commits to the garment it "
-                    "attends to most over the steps. prompt: where the cross-attention reads each garment's words. "
-                    "combined: pose regions, the attention/prompt vote deciding where they meet. none: off.")),
-                io.Image.Input("pose_image", optional=True, tooltip=(
-                    "An OpenPose skeleton picture (the image output of an OpenPose or DWPose preprocessor), the shape "
-                    "of the output image.")),
-                PoseKeypoint.Input("pose_keypoints", optional=True, tooltip=(
-                    "Keypoints of a pose estimator node (DWPose/OpenPose POSE_KEYPOINT); used instead of pose_image "
-                    "when both come.")),
-                io.Clip.Input("clip", optional=True, tooltip="For the prompt source: the CLIP that encodes the positive "
-                                                             "prompt."),
-                io.String.Input("prompt", optional=True, multiline=True, default="", tooltip=(
-                    "For the prompt source: the positive prompt text, as given to CLIP Text Encode.")),
-                io.String.Input("region_words", optional=True, default="", tooltip=(
-                    "For the prompt source: words per garment in chain order, ';' between garments, ',' between "
-                    "alternatives (e.g. 'shirt; jeans, trousers; cap'). Empty: each slot's usual nouns.")),
-            ],
-            outputs=[Regions.Output("regions", tooltip="Regions for one AnyDressing Apply.")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, source=None):
-        return True if source is None else choice_message(source, RegionSource.ALL, "region source")
+class AnyDressingRegions(AnyDressingNode):
+    node_id = "AnyDressingRegions"
+    title = "AnyDressing Regions"
+    about = ("Automatic per-garment regions for AnyDressing Apply, so garments stop bleeding into each other without "
+             "hand-drawn masks: from a pose (an OpenPose picture or a pose estimator's keypoints), from the garments' "
+             "own attention, or from where the prompt's garment words are read. Connect the output to AnyDressing "
+             "Apply's 'regions'.")
+    inputs = [
+        io.Combo.Input("source", options=list(RegionSource.ALL), default=DEFAULT_SOURCE, tooltip=(
+            "pose: body parts from the pose (best measured). attention: each pixel commits to the garment it attends "
+            "to most over the steps. prompt: where the cross-attention reads each garment's words. combined: pose "
+            "regions, the attention/prompt vote deciding where they meet. none: off.")),
+        io.Image.Input("pose_image", optional=True, tooltip=(
+            "An OpenPose skeleton picture (the image output of an OpenPose or DWPose preprocessor), the shape of the "
+            "output image.")),
+        PoseKeypoint.Input("pose_keypoints", optional=True, tooltip=(
+            "Keypoints of a pose estimator node (DWPose/OpenPose POSE_KEYPOINT); used instead of pose_image when both "
+            "come.")),
+        io.Clip.Input("clip", optional=True, tooltip="For the prompt source: the CLIP that encodes the positive prompt."),
+        io.String.Input("prompt", optional=True, multiline=True, default="", tooltip=(
+            "For the prompt source: the positive prompt text, as given to CLIP Text Encode.")),
+        io.String.Input("region_words", optional=True, default="", tooltip=(
+            "For the prompt source: words per garment in chain order, ';' between garments, ',' between alternatives "
+            "(e.g. 'shirt; jeans, trousers; cap'). Empty: each slot's usual nouns.")),
+    ]
+    outputs = [Regions.Output("regions", tooltip="Regions for one AnyDressing Apply.")]
 
     @classmethod
     def execute(cls, source, pose_image=None, pose_keypoints=None, clip=None, prompt="", region_words="") -> io.NodeOutput:

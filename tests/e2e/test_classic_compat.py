@@ -36,9 +36,9 @@ def classic_pack(target):
                            capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"CLASSIC COMPAT SKIPPED: commit {CLASSIC_COMMIT} is not in this clone (shallow?)")
+    target.mkdir(parents=True)
     archive = target.parent / "classic.tar"
     subprocess.run(["git", "-C", str(PACK_DIR), "archive", "-o", str(archive), CLASSIC_COMMIT], check=True)
-    target.mkdir(parents=True)
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target

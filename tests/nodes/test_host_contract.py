@@ -102,21 +102,17 @@ def recorded(host, tiny_model_names):
     def note(kind, extra=None):
         seen.setdefault(kind, []).append(dict(extra) if extra is not None else True)
 
-    def attn1_patch(n, context, value, extra):
-        note("transformer_options.patches.attn1_patch", extra)
-        return n, context, value
+    def input_patch(kind):
+        def patch(n, context, value, extra):
+            note(kind, extra)
+            return n, context, value
+        return patch
 
-    def attn1_output_patch(out, extra):
-        note("transformer_options.patches.attn1_output_patch", extra)
-        return out
-
-    def attn2_patch(n, context, value, extra):
-        note("transformer_options.patches.attn2_patch", extra)
-        return n, context, value
-
-    def attn2_output_patch(out, extra):
-        note("transformer_options.patches.attn2_output_patch", extra)
-        return out
+    def output_patch(kind):
+        def patch(out, extra):
+            note(kind, extra)
+            return out
+        return patch
 
     def override(func, *args, **kwargs):
         note("extra_options.optimized_attention_override")
@@ -132,10 +128,11 @@ def recorded(host, tiny_model_names):
         return attention(q, k, v, extra["n_heads"])
 
     patched = model.clone()
-    patched.set_model_attn1_patch(attn1_patch)
-    patched.set_model_attn1_output_patch(attn1_output_patch)
-    patched.set_model_attn2_patch(attn2_patch)
-    patched.set_model_attn2_output_patch(attn2_output_patch)
+    patches = "transformer_options.patches."
+    patched.set_model_attn1_patch(input_patch(patches + "attn1_patch"))
+    patched.set_model_attn1_output_patch(output_patch(patches + "attn1_output_patch"))
+    patched.set_model_attn2_patch(input_patch(patches + "attn2_patch"))
+    patched.set_model_attn2_output_patch(output_patch(patches + "attn2_output_patch"))
     patched.set_model_attn1_replace(attn1_replace, "input", 1, 0)
     patched.set_model_attn2_replace(attn2_replace, "input", 1, 0)
     patched.model_options["transformer_options"]["optimized_attention_override"] = override
