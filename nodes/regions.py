@@ -10,7 +10,6 @@ See docs/REGIONS.md.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -153,20 +152,14 @@ class AnyDressingRegions(AnyDressingNode):
 # ------------------------------------------------------------------ the patch side (called by nodes/patch.py)
 
 class RegionRun:
-    """One sampling run's plan, and the UNet's cross-attention modules the prompt vote projects with."""
-
-    _attn2_of = weakref.WeakKeyDictionary()
+    """One sampling run's plan, and the UNet's cross-attention modules the prompt vote projects with (found once
+    per run, only when a prompt vote needs them)."""
 
     def __init__(self, spec: RegionSpec, noise: torch.Tensor, diffusion_model, device):
         self.plan = RegionPlan(spec, noise.shape[-2:], device=device)
         self.image_hw = (int(noise.shape[-2]) * 8, int(noise.shape[-1]) * 8)
-        self.attn2 = None
         self.word_select: Dict[int, torch.Tensor] = {}  # garment-word selection [S, N] per context length
-        if self.plan.word_vote is not None:
-            found = self._attn2_of.get(diffusion_model)
-            if found is None:
-                found = self._attn2_of[diffusion_model] = attn2_modules(diffusion_model)
-            self.attn2 = found
+        self.attn2 = attn2_modules(diffusion_model) if self.plan.word_vote is not None else None
 
 
 def attn2_modules(diffusion_model) -> dict:
