@@ -62,7 +62,7 @@ def _export(cfg, args) -> int:
     import torch
 
     from . import state as ckpt
-    from .components import load_components
+    from .components import load_base_unet
     from .export import export_model
     from .model import DressingTrainModel
 
@@ -71,14 +71,15 @@ def _export(cfg, args) -> int:
     data = ckpt.load(args.checkpoint, 0)
     m = cfg.model
     torch.manual_seed(cfg.run.seed)
-    model = DressingTrainModel.from_config(load_components(m.base).unet, m)
+    unet, base_info = load_base_unet(m.base)
+    model = DressingTrainModel.from_config(unet, m)
     if ckpt.strategy_of(data["state"]) == "fsdp":  # sharded: read every shard into the full module, here
         from .fsdp import load_model_state
 
         model.load_state_dict(load_model_state(args.checkpoint, model.state_dict()))
     else:
         model.load_state_dict(data["model"], strict=False)
-    path = export_model(model, args.out, cfg, data["state"]["step"])
+    path = export_model(model, args.out, cfg, data["state"]["step"], base_info)
     print(json.dumps({"exported": str(path), "step": data["state"]["step"]}))
     return 0
 
