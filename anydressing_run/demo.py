@@ -46,6 +46,9 @@ def add_demo_args(p) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--trained", action="store_true",
+                   help="first train AnyDressing weights for a few steps on the checkpoint (CPU, minutes), then dress "
+                        "with them: trained, strength 0 and plain results side by side (anydressing_run/trained.py)")
 
 
 def build_tiny(comfyui: Path, python: str | None = None) -> Path:
@@ -61,6 +64,10 @@ def build_tiny(comfyui: Path, python: str | None = None) -> Path:
 
 
 def cmd_demo(ns) -> int:
+    if ns.trained:
+        from .trained import cmd_trained
+
+        return cmd_trained(ns)
     from .cli import resolve_workflow
 
     out = Path(ns.output).resolve()

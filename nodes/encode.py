@@ -10,6 +10,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 
+from ..anydressing_core.base_check import base_warning
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.garments import GarmentList, prepare_garment
@@ -117,6 +118,9 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     keys = list(modules)
     if adapter is not None:  # the same fit check adapter_features makes at the end, before any heavy work
         check_adapter(adapter, model_channels(model), "the MODEL")
+        mismatch = base_warning(adapter.meta, dm.state_dict())  # ComfyUI's MODEL does not say which file it is
+        if mismatch:
+            log.warning("AnyDressing: %s", mismatch)
     prepared = [prepare_garment(g.image, g.mask, width, height) for g in garments.items]
     pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
 
