@@ -73,6 +73,7 @@ class RunConfig:
     num_workers: int = 2
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    checksums: bool = True              # record and check every checkpoint file's SHA-256 (false: sizes only)
     log_every: int = 10
     sample_every: int = 1000
     sample_steps: int = 30              # DDIM steps for sample grids

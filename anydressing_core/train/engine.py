@@ -40,9 +40,14 @@ def build_records(cfg: TrainConfig):
 
 
 class Trainer:
-    """Build once, then :meth:`run`.  ``components`` may be given (tests); else loaded from ``model.base``."""
+    """Build once, then :meth:`run`.  ``components`` may be given (tests); else loaded from ``model.base``.
 
-    def __init__(self, cfg: TrainConfig, components: Optional[Components] = None, resume: Optional[str] = None):
+    ``resume``: ``latest``, ``auto`` or a checkpoint folder; ``resume_verified``: the folder was already checked
+    by :func:`.integrity.resolve` (the command line does that before the process group exists).
+    """
+
+    def __init__(self, cfg: TrainConfig, components: Optional[Components] = None, resume: Optional[str] = None,
+                 resume_verified: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -117,7 +122,7 @@ class Trainer:
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self._empty_text = None
         if resume:
-            self._resume(resume)
+            self._resume(resume, resume_verified)
         if acc.is_main_process:
             acc.init_trackers("anydressing", config=_flat(cfg.to_dict()))
         log.info("trainable parameters: %.2fM on %d process(es)", self.n_params / 1e6, acc.num_processes)
@@ -195,13 +200,13 @@ class Trainer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state["sharded_files"] = fsdp.shard_sizes(tmp)
-                ckpt.write_sharded_main(tmp, self.lr_sched.state_dict(), state)  # state.json last
+                ckpt.write_sharded_main(tmp, self.lr_sched.state_dict(), state, self.cfg.run.checksums)
                 final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
                 log.info("checkpoint %s", final)
         elif acc.is_main_process:
             acc.wait_for_everyone()
             ckpt.write_main(tmp, self.raw.state_dict(), self.optimizer.optimizer.state_dict(),
-                            self.lr_sched.state_dict(), state)
+                            self.lr_sched.state_dict(), state, self.cfg.run.checksums)
             final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
             log.info("checkpoint %s", final)
         else:
@@ -209,13 +214,17 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def _resume(self, where: str) -> None:
-        path = ckpt.latest_checkpoint(self.out) if where in ("latest", "auto", "") else Path(where)
+    def _resume(self, where: str, verified: bool = False) -> None:
+        from . import integrity
+
+        if verified:
+            path = Path(where)
+        else:
+            path = integrity.resolve(self.out, where, self.acc.num_processes, self.cfg.run.checksums,
+                                     warn=self.acc.is_main_process)
         if path is None:
-            if where == "auto":
-                log.info("no checkpoint in %s; starting fresh", self.out)
-                return
-            raise AnyDressingError(f"--resume {where}: no complete checkpoint under {self.out}/checkpoints")
+            log.info("no checkpoint in %s; starting fresh", self.out)
+            return
         data = ckpt.load(path, self.acc.process_index)
         st = data["state"]
         ckpt.check_compatible(path, st, self.acc.num_processes)
