@@ -11,7 +11,7 @@ Pure functions over state dicts (no file access, no download; :mod:`.single_file
   ``CLIPTextModelWithProjection``).
 
 Names are derived from the block structure, never from a fixed SD1.5 table, so tiny test UNets and
-SDXL-shaped ones convert the same way (docs/FORMAT.md "Bases").
+SDXL-shaped ones convert the same way (docs/TRAINING.md, "The base").
 """
 
 from __future__ import annotations
