@@ -147,9 +147,8 @@ def cmd_trained(ns) -> int:
     size = ns.width or DEMO_SIZE
     print(f"training data: {out / 'data'}")
     manifest = write_data(out / "data", comfyui, size=size)
-    steps = ns.steps or DEMO_STEPS
-    print(f"training {steps} steps on {checkpoint.name} (one CPU process) ...")
-    result = train(checkpoint, manifest, out / "run", comfyui, steps=steps, size=size)
+    print(f"training {DEMO_STEPS} steps on {checkpoint.name} (one CPU process) ...")
+    result = train(checkpoint, manifest, out / "run", comfyui, steps=DEMO_STEPS, size=size)
     export = Path(result["export"])
     print(f"trained in {result['seconds']:.1f} s: {export}")
     samples = write_samples(out / "inputs", size=size, seed=0)
@@ -163,7 +162,7 @@ def cmd_trained(ns) -> int:
                 "plain": dict(dress=False)}
         for name, kw in runs.items():
             graph = dressing_graph(checkpoint.name, [(s, Path(p).name) for s, p in garments], prompt, seed=ns.seed,
-                                   size=size, **kw)
+                                   steps=ns.steps or 4, size=size, **kw)
             subs = Substitutions(garments=garments) if kw.get("dress", True) else Substitutions()
             written[name] = run_workflow(graph, client, subs, out, stem=f"demo_{name}", timeout=ns.timeout,
                                          progress=not ns.quiet)[0]

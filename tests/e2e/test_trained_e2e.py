@@ -13,6 +13,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from anydressing_core.checkpoint import load_checkpoint
 from anydressing_core.single_file import file_sha256
@@ -70,3 +71,26 @@ def test_trained_export_dresses_through_a_real_server(trained, client, tiny_file
     assert figures["trained_vs_zero_shot"] > 0, "the trained weights must change the result beyond zero-shot"
     log = e2e_server.log_path.read_text(errors="replace")
     assert "does not look like the checkpoint" not in log, "the base it was trained on must not be flagged"
+
+
+def test_export_from_a_checkpoint_of_a_single_file_run_equals_the_automatic_export(trained, tiny_files, tmp_path):
+    """``export --checkpoint`` rebuilds the module from the single-file base alone (UNet only) and records it too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from anydressing_run.server import PACK_DIR
+    from anydressing_run.trained import train_overrides
+
+    run = Path(trained["export"]).parent
+    out = tmp_path / "again.safetensors"
+    overrides = train_overrides(tiny_files["checkpoint"], run.parent / "data" / "train.jsonl", run, STEPS, 64)
+    proc = subprocess.run([sys.executable, "-m", "anydressing_core.train", "export", "--checkpoint",
+                           str(run / "checkpoints" / f"step_{STEPS:08d}"), "--out", str(out), *overrides],
+                          cwd=PACK_DIR, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    auto, again = load_checkpoint(trained["export"]), load_checkpoint(str(out))
+    assert auto.meta.base_checkpoint == again.meta.base_checkpoint
+    assert auto.meta.base_fingerprint == again.meta.base_fingerprint
+    a, b = auto.tensors(), again.tensors()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
