@@ -84,33 +84,33 @@ def dressing_graph(checkpoint: str, garments: list, prompt: str, *, adapter: str
     models/anydressing (None: zero-shot, the checkpoint's own UNet encodes the garments).  ``dress=False``:
     the plain graph, without AnyDressing nodes.
     """
-    g = GraphBuilder()
-    ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=checkpoint)
+    builder = GraphBuilder()
+    ckpt = builder.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=checkpoint)
     model = ckpt[0]
     if dress:
         encoder, extra = model, {}
         if adapter:
-            loader = g.add("AnyDressingLoader", "AnyDressing weights", anydressing_name=adapter, model=model)
+            loader = builder.add("AnyDressingLoader", "AnyDressing weights", anydressing_name=adapter, model=model)
             encoder, extra = loader[0], {"adapter": loader[1]}
         chain = None
         for slot, image in garments:
-            picture = g.add("LoadImage", f"Garment image: {slot}", image=image)
+            picture = builder.add("LoadImage", f"Garment image: {slot}", image=image)
             kw = {"garments": chain} if chain is not None else {}
-            chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=picture[0], slot=slot, weight=1.0,
+            chain = builder.add("AnyDressingGarment", f"Garment: {slot}", image=picture[0], slot=slot, weight=1.0,
                           mask_mode="white is garment", **kw)[0]
-        feats = g.add("AnyDressingEncodeGarments", "Encode Garments", model=encoder, vae=ckpt[2], garments=chain,
+        feats = builder.add("AnyDressingEncodeGarments", "Encode Garments", model=encoder, vae=ckpt[2], garments=chain,
                       width=size, height=size, **extra)
-        model = g.add("AnyDressingApply", "Apply AnyDressing", model=model, features=feats[0], strength=strength,
+        model = builder.add("AnyDressingApply", "Apply AnyDressing", model=model, features=feats[0], strength=strength,
                       start_percent=0.0, end_percent=1.0, form="separate",
                       cfg_policy="garments in positive only (paper)", **extra)[0]
-    pos = g.add("CLIPTextEncode", "Positive prompt", text=prompt, clip=ckpt[1])
-    neg = g.add("CLIPTextEncode", "Negative prompt", text="", clip=ckpt[1])
-    latent = g.add("EmptyLatentImage", "Output size", width=size, height=size, batch_size=1)
-    sample = g.add("KSampler", "Sampler", model=model, seed=seed, steps=steps, cfg=6.0, sampler_name="ddim",
+    pos = builder.add("CLIPTextEncode", "Positive prompt", text=prompt, clip=ckpt[1])
+    neg = builder.add("CLIPTextEncode", "Negative prompt", text="", clip=ckpt[1])
+    latent = builder.add("EmptyLatentImage", "Output size", width=size, height=size, batch_size=1)
+    sample = builder.add("KSampler", "Sampler", model=model, seed=seed, steps=steps, cfg=6.0, sampler_name="ddim",
                    scheduler="ddim_uniform", positive=pos[0], negative=neg[0], latent_image=latent[0], denoise=1.0)
-    decoded = g.add("VAEDecode", "Decode", samples=sample[0], vae=ckpt[2])
-    g.add("SaveImage", "Save: result", images=decoded[0], filename_prefix="AnyDressing/trained")
-    return g.graph
+    decoded = builder.add("VAEDecode", "Decode", samples=sample[0], vae=ckpt[2])
+    builder.add("SaveImage", "Save: result", images=decoded[0], filename_prefix="AnyDressing/trained")
+    return builder.graph
 
 
 def pixel_difference(a: Path, b: Path) -> float:

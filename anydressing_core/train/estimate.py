@@ -66,32 +66,32 @@ def counts(base: str, slots=("upper", "lower", "hat"), rank: int = 64) -> Dict[s
                                                                        **TEXT["clip_g"])))
         vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
                             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-    g = model.garments.unet
-    blocks = [b for b in [*g.down_blocks, g.mid_block, *g.up_blocks] if b is not None]
+    gnet = model.garments.unet
+    blocks = [b for b in [*gnet.down_blocks, gnet.mid_block, *gnet.up_blocks] if b is not None]
     largest = max(blocks, key=_count)
     in_blocks = sum(_count(b) for b in blocks)
     return {
         "dressing_net": _count(unet), "module": _count(model), "trainable": _count(model, True),
-        "garments_net_trainable": _count(g, True), "gfe_lora": _count(model.garments.gfe), "da": _count(model.da),
+        "garments_net_trainable": _count(gnet, True), "gfe_lora": _count(model.garments.gfe), "da": _count(model.da),
         "root_unit": _count(model) - in_blocks, "largest_block": _count(largest),
         "largest_block_trainable": _count(largest, True), "text_encoders": sum(_count(e) for e in encoders),
         "vae": _count(vae), "da_layers": len(model.da.keys),
     }
 
 
-def memory(c: Dict[str, int], processes: int, strategy: str) -> Dict[str, float]:
+def memory(params: Dict[str, int], processes: int, strategy: str) -> Dict[str, float]:
     """GB per GPU (see the module docstring for what is in each line)."""
     p = processes if strategy == "fsdp" else 1
-    frozen_in_module = c["module"] - c["trainable"]
+    frozen_in_module = params["module"] - params["trainable"]
     out = {
-        "trainable weights+grads+AdamW (fp32)": 16 * c["trainable"] / p / GB,
+        "trainable weights+grads+AdamW (fp32)": 16 * params["trainable"] / p / GB,
         "frozen GarmentsNet tensors (fp32)": 4 * frozen_in_module / p / GB,
-        "DressingNet + text encoders + VAE (bf16, replicated)": 2 * (c["dressing_net"] + c["text_encoders"] + c["vae"]) / GB,
+        "DressingNet + text encoders + VAE (bf16, replicated)": 2 * (params["dressing_net"] + params["text_encoders"] + params["vae"]) / GB,
     }
     if strategy == "fsdp":
-        out["gathered root unit (weights + grads, fp32)"] = 8 * c["root_unit"] / GB
-        out["gathered largest block (weights + grads, fp32)"] = (4 * c["largest_block"]
-                                                                 + 4 * c["largest_block_trainable"]) / GB
+        out["gathered root unit (weights + grads, fp32)"] = 8 * params["root_unit"] / GB
+        out["gathered largest block (weights + grads, fp32)"] = (4 * params["largest_block"]
+                                                                 + 4 * params["largest_block_trainable"]) / GB
     out["total before activations"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
 
@@ -102,12 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=8)
     ap.add_argument("--slots", default="upper,lower,hat,dress")
     ap.add_argument("--rank", type=int, default=64)
-    a = ap.parse_args(argv)
-    c = counts(a.base, a.slots.split(","), a.rank)
-    layers = c.pop("da_layers")
-    report = {"base": a.base, "processes": a.processes, "da_layers": layers,
-              "parameters_millions": {k: round(v / 1e6, 1) for k, v in c.items()},
-              "GB_per_gpu_ESTIMATE": {s: memory(c, a.processes, s) for s in ("ddp", "fsdp")}}
+    args = ap.parse_args(argv)
+    params = counts(args.base, args.slots.split(","), args.rank)
+    layers = params.pop("da_layers")
+    report = {"base": args.base, "processes": args.processes, "da_layers": layers,
+              "parameters_millions": {k: round(v / 1e6, 1) for k, v in params.items()},
+              "GB_per_gpu_ESTIMATE": {s: memory(params, args.processes, s) for s in ("ddp", "fsdp")}}
     print(json.dumps(report, indent=1))
     return 0
 

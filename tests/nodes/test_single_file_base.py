@@ -179,3 +179,29 @@ def test_fingerprint_of_the_file_matches_its_model_also_with_a_lora(host, tiny_b
     msg = base_check.base_warning(meta, other.model.diffusion_model.state_dict())
     assert msg and "8 of" in msg and t.path.name in msg
     comfy.model_management.load_models_gpu([t.model])  # leave the shared UNet unpatched for other tests
+
+
+@pytest.mark.slow  # the tiny SDXL file carries the real 695 M OpenCLIP bigG
+def test_tiny_sdxl_checkpoint_text_size_embedding_and_unet_match_comfyui(host, tiny_sdxl, sdxl_checkpoint):
+    from anydressing_core.train.components import load_components
+
+    model, clip, vae = sdxl_checkpoint
+    comp = load_components(str(tiny_sdxl["checkpoint"]), str(host.path / "comfy" / "sd1_tokenizer"))
+    assert comp.base == "sdxl" and comp.codec.kind == "taesd"
+    text = "a woman wearing a red top"
+    context, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    mine = comp.encode_text([text], "cpu")
+    assert torch.allclose(context.float(), mine.context, atol=1e-4), (context.float() - mine.context).abs().max()
+    assert torch.allclose(pooled.float(), mine.pooled, atol=1e-4)
+    pixels = torch.rand(1, 64, 64, 3)
+    with torch.no_grad():
+        z = comp.codec.encode(pixels.permute(0, 3, 1, 2) * 2 - 1)
+    assert torch.allclose(model.model.process_latent_in(vae.encode(pixels)), z, atol=1e-6)
+    x, steps = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    y = model.model.encode_adm(pooled_output=pooled.float(), width=64, height=64, crop_w=0, crop_h=0,
+                               target_width=64, target_height=64)
+    with torch.no_grad():
+        theirs = model.model.diffusion_model(x, steps, context=context.float(), y=y.float())
+        ours = comp.unet(x, steps, encoder_hidden_states=mine.context,
+                         added_cond_kwargs=comp.added_cond(mine, (64, 64))).sample
+    assert torch.allclose(theirs, ours, atol=1e-4), (theirs - ours).abs().max()
