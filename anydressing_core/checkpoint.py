@@ -10,7 +10,8 @@ Layout (docs/FORMAT.md is the reference)::
 
 ``<layer>`` is a ComfyUI block key string, e.g. ``input.1.0``.  Metadata (all strings) under
 ``anydressing.*``: format_version, base, layers, slots, lora_rank, lora_alpha, lora_targets,
-default_lambda, form, garments_net_context, unet_config, provenance, licence.
+default_lambda, form, garments_net_context, unet_config, provenance, licence, and (optional, trainer
+exports) base_checkpoint, base_fingerprint: which checkpoint the weights were trained on.
 
 Only safetensors are read here; pickles go through ``python -m anydressing_core.convert``.
 """
@@ -58,6 +59,10 @@ class CheckpointMeta:
     unet_config: Optional[Dict[str, Any]] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
     licence: str = ""
+    #: the base the weights were trained on: ``{"file": name, "sha256": hex, "bytes": n}`` (or ``{"folder": name}``)
+    base_checkpoint: Dict[str, Any] = field(default_factory=dict)
+    #: :func:`.base_check.fingerprint` of that base's UNet (compared with the MODEL by Encode Garments)
+    base_fingerprint: Optional[Dict[str, Any]] = None
     format_version: int = FORMAT_VERSION
 
     def to_strings(self) -> Dict[str, str]:
@@ -101,6 +106,8 @@ class CheckpointMeta:
             unet_config=get("unet_config", None),
             provenance=get("provenance", {}),
             licence=md.get(_M + "licence", ""),
+            base_checkpoint=get("base_checkpoint", {}) or {},
+            base_fingerprint=get("base_fingerprint", None),
             format_version=version,
         )
         meta.check(where)
@@ -407,7 +414,8 @@ def load_checkpoint(path: str, load_garments_net: bool = True) -> AnyDressingAda
 
 def export(garments_net=None, dressing=None, *, base: Optional[str] = None, default_lambda: float = 0.7,
            form: Optional[str] = None, provenance: Optional[dict] = None, include_unet: bool = True,
-           licence: str = "") -> AnyDressingAdapter:
+           licence: str = "", base_checkpoint: Optional[dict] = None,
+           base_fingerprint: Optional[dict] = None) -> AnyDressingAdapter:
     """Adapter from trained diffusers pieces (:mod:`.diffusers_model` GarmentsNet / DressingAttention).
 
     ``adapter.save(path)`` writes it.  The GarmentsNet UNet is stored with its diffusers keys.
@@ -428,7 +436,8 @@ def export(garments_net=None, dressing=None, *, base: Optional[str] = None, defa
         base=base or "sd15", layers=layers, slots=list(gfe.slots) if gfe else [], lora_rank=gfe.rank if gfe else 0,
         lora_alpha=gfe.alpha if gfe else 0.0, lora_targets=list(gfe.targets) if gfe else list(LORA_TARGETS),
         default_lambda=default_lambda, form=form or (dressing.form if dressing is not None else DAForm.SEPARATE),
-        garments_net_context=context, unet_config=_jsonable(unet_config), provenance=provenance or {}, licence=licence)
+        garments_net_context=context, unet_config=_jsonable(unet_config), provenance=provenance or {}, licence=licence,
+        base_checkpoint=dict(base_checkpoint or {}), base_fingerprint=base_fingerprint)
     return AnyDressingAdapter(meta, gfe, projections, unet_sd)
 
 

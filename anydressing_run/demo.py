@@ -46,6 +46,10 @@ def add_demo_args(p) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--trained", action="store_true",
+                   help="first train AnyDressing weights for a few steps on the checkpoint (CPU, minutes), then dress "
+                        "with them: trained, strength 0 and plain results side by side (anydressing_run/trained.py); "
+                        "--width sets the square image side (default 64), --steps the sampling steps (default 4)")
 
 
 def build_tiny(comfyui: Path, python: str | None = None) -> Path:
@@ -60,6 +64,10 @@ def build_tiny(comfyui: Path, python: str | None = None) -> Path:
 
 
 def cmd_demo(ns) -> int:
+    if ns.trained:
+        from .trained import cmd_trained
+
+        return cmd_trained(ns)
     from .cli import resolve_workflow
 
     out = Path(ns.output).resolve()

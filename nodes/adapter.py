@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import torch
 
+import logging
+
+from ..anydressing_core.base_check import base_warning
 from ..anydressing_core.checkpoint import AnyDressingAdapter
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.importers import infer_unet_config
 from ..anydressing_core.keys import ldm_unet_config
-from .common import model_channels
+from .common import diffusion_model_of, model_channels
 from .host_api import model_patcher, optimized_attention, sd, utils
+
+log = logging.getLogger(__name__)
 
 
 def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: bool = True):
@@ -27,6 +32,19 @@ def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: boo
     if not isinstance(adapter, AnyDressingAdapter):
         raise AnyDressingError(f"'adapter' must come from AnyDressing Loader (got {type(adapter).__name__})")
     adapter.check_layers(channels, what, widths=widths)
+
+
+def warn_if_other_base(adapter, model, what: str):
+    """Log when ``model`` was not loaded from the checkpoint ``adapter`` was trained on.
+
+    ComfyUI's MODEL does not say which file it came from, so the weights' recorded fingerprint of the base
+    is compared with the model's own (``anydressing_core.base_check``); nothing to say without weights.
+    """
+    if adapter is None:
+        return
+    mismatch = base_warning(adapter.meta, diffusion_model_of(model, "model").state_dict(), what)
+    if mismatch:
+        log.warning("AnyDressing: %s", mismatch)
 
 
 def garments_net_patcher(adapter: AnyDressingAdapter, base_model=None, dtype=None):

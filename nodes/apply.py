@@ -90,6 +90,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         log.warning("AnyDressing: the garments were encoded without %s's garment LoRA; connect the adapter to "
                     "AnyDressing Encode Garments too", adapter.name or "the adapter")
     features = adapter_side.attach(adapter, features, model)  # checks the adapter fits this MODEL
+    adapter_side.warn_if_other_base(adapter, model, "the MODEL you sample with")
     patched = model.clone()
     if strength == 0.0:
         return patched  # neutral setting: the unpatched model, bit for bit

@@ -126,6 +126,7 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     keys = list(modules)
     if adapter is not None:  # before any heavy work
         adapter_side.check_adapter(adapter, model_channels(model), "the MODEL")
+        adapter_side.warn_if_other_base(adapter, model, "the GarmentsNet MODEL")
     placed = [place_garment(g.image, g.mask, width, height)[0] for g in garments.items]
     pixels = torch.from_numpy(np.stack(placed))
 

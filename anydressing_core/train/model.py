@@ -94,7 +94,9 @@ class DressingTrainModel(nn.Module):
     the module tree (it is not synchronised, saved or optimised); move it with :meth:`to_device`.
 
     ``forward(noisy [B,4,h,w], timesteps [B], text [B,77,C], garment_latents [B*N,4,h,w],
-    slot_ids [B*N] (indices into garments.SLOTS), present [B,N], keep [B]) -> eps_pred [B,4,h,w]``; the maps A_k of the step
+    slot_ids [B*N] (indices into garments.SLOTS), present [B,N], keep [B], added, garment_added) -> eps_pred [B,4,h,w]``
+    (``added`` / ``garment_added``: SDXL's added conditioning of the B person rows / B*N garment rows, None for
+    SD1.5); the maps A_k of the step
     are in ``self.ctx.maps`` afterwards (``{key: [B, T, N]}``, zero on rows without garments).
     """
 
@@ -144,26 +146,33 @@ class DressingTrainModel(nn.Module):
         self.dressing_net.to(device=device, dtype=dtype)
         return self
 
-    def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor) -> Dict[BlockKey, torch.Tensor]:
+    def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor,
+                        added=None) -> Dict[BlockKey, torch.Tensor]:
         """GarmentsNet at t=0 [paper] on the clean latents of the garments in ``rows`` (``[M]`` bool);
         returns F per layer as ``[M, L, C]`` with zeros on the other rows.
 
         Same as ``GarmentsNet.encode`` except that the slot ids stay set after the call: gradient
         checkpointing re-runs GarmentsNet blocks during backward, and they must apply the same LoRA.
         """
-        return self._run_garments(latents, slot_ids, rows)[0]
+        return self._run_garments(latents, slot_ids, rows, added)[0]
 
-    def _run_garments(self, latents, slot_ids, rows):
-        """:meth:`encode_garments`, plus GarmentsNet's own output ``[M, 4, h, w]`` (unused by the loss)."""
+    def _run_garments(self, latents, slot_ids, rows, added=None):
+        """:meth:`encode_garments`, plus GarmentsNet's own output ``[M, 4, h, w]`` (unused by the loss).
+
+        ``added``: SDXL's added conditioning for all ``M`` garment rows (:func:`..conditioning.garment_cond`).
+        """
         g = self.garments
         idx = rows.nonzero().flatten()
         lat = latents[idx]
+        if added is not None:
+            added = {k: v[idx] for k, v in added.items()}
         g._slot_ids = g.gfe.slot_ids([SLOTS[int(i)] for i in slot_ids[idx].tolist()], lat.device)
         g._recording = {}
         try:
             t = torch.zeros(lat.shape[0], device=lat.device)
             dim = g.unet.config.cross_attention_dim
-            sample = g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim)).sample
+            sample = g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim),
+                            added_cond_kwargs=added).sample
             tokens = {k: g._recording[k] for k in g.keys}
         finally:
             g._recording = None
@@ -173,7 +182,8 @@ class DressingTrainModel(nn.Module):
             out[key] = full.index_copy(0, idx, t)
         return out, sample
 
-    def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep):
+    def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep, added=None,
+                garment_added=None):
         ctx = self.ctx
         ctx.maps = {}
         ctx.garments = int(present.shape[1])
@@ -183,12 +193,12 @@ class DressingTrainModel(nn.Module):
         # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
         ctx.features, sample = {}, None
         if bool(rows.any()):
-            ctx.features, sample = self._run_garments(garment_latents, slot_ids, rows)
+            ctx.features, sample = self._run_garments(garment_latents, slot_ids, rows, garment_added)
         elif self.sharded:  # FSDP all-gathers are collective: every process runs GarmentsNet's units, here on
             first = torch.zeros_like(rows)  # one garment whose features are then thrown away
             first[0] = True
-            sample = self._run_garments(garment_latents, slot_ids, first)[1]
-        out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
+            sample = self._run_garments(garment_latents, slot_ids, first, garment_added)[1]
+        out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text, added_cond_kwargs=added).sample
         if torch.is_grad_enabled():
             zero = self._touch_all()
             if self.sharded:
