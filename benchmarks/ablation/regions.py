@@ -84,20 +84,22 @@ def pose_masks(points: List[np.ndarray], size: int, via_image: bool) -> torch.Te
     return torch.stack(out)
 
 
-def spec_for(source: str, val, points, size: int) -> RegionSpec:
+def spec_for(source: str, val, points, size: int, vote=None) -> RegionSpec:
+    """The regions of one row; ``vote`` overrides the vote's settings (``regions.vote.MapVote``)."""
     names = list(SLOTS)
+    vote = dict(vote or {})
     if source == "masks":
         return RegionSpec(RegionSource.POSE, names, pose_masks=val["masks"].float())
     if source in ("pose", "pose_image"):
         return RegionSpec(RegionSource.POSE, names, pose_masks=pose_masks(points, size, source == "pose_image"))
     if source == "attention":
-        return RegionSpec(RegionSource.ATTENTION, names)
+        return RegionSpec(RegionSource.ATTENTION, names, vote=vote)
     if source == "combined":
-        return RegionSpec(RegionSource.COMBINED, names, pose_masks=pose_masks(points, size, False))
+        return RegionSpec(RegionSource.COMBINED, names, pose_masks=pose_masks(points, size, False), vote=vote)
     raise ValueError(f"unknown region row {source!r}; use one of {SOURCES}")
 
 
-def run_regions(cfg, out: str, sources=SOURCES) -> Dict[str, object]:
+def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
     os.makedirs(out, exist_ok=True)
     t_start, cpu_start = time.time(), time.process_time()
     timing: Dict[str, float] = {}
@@ -112,7 +114,7 @@ def run_regions(cfg, out: str, sources=SOURCES) -> Dict[str, object]:
     results, pers, images, maps, used = {}, {}, {}, {}, {}
     for s in sources:
         t = time.time()
-        hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size), latent_hw)
+        hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size, vote), latent_hw)
         images[s], maps[s] = sample(model, val, cfg, "zero_shot", regions=hook)
         timing[f"sample_{s}"] = time.time() - t
         used[s] = None if hook is None else [hook.plan.picture((cfg.size, cfg.size), i) for i in range(PICTURE_ROWS)]
@@ -129,7 +131,7 @@ def run_regions(cfg, out: str, sources=SOURCES) -> Dict[str, object]:
     timing["total_cpu"] = time.process_time() - cpu_start
     report = {"config": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else
               {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "results": results, "paired": paired,
-              "gap_closed": gap_closed(results), "timing_s": timing, "threads": torch.get_num_threads(),
+              "vote": dict(vote or {}), "gap_closed": gap_closed(results), "timing_s": timing, "threads": torch.get_num_threads(),
               "load_avg": list(os.getloadavg())}
     with open(os.path.join(out, "regions.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -178,11 +180,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--n-val", type=int)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--vote", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="vote settings of the attention/combined rows, e.g. temperature=1.0 warmup=5")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     cfg = config(a.quick, seed=a.seed, n_val=a.n_val)
-    report = run_regions(cfg, a.out, a.sources)
+    vote = {}
+    for item in a.vote:
+        key, _, value = item.partition("=")
+        vote[key] = int(value) if key in ("smooth", "warmup") else float(value)
+    report = run_regions(cfg, a.out, a.sources, vote)
     print(format_table(report["results"]))
     print()
     print(format_paired(report["paired"]))
