@@ -148,4 +148,6 @@ CONVENTIONS: Tuple[Tuple[str, str], ...] = (
     ("extra_options.sigmas", "the noise level of the current step"),
     ("extra_options.original_shape", "latent size, to map region masks onto a layer's tokens"),
     ("extra_options.optimized_attention_override", "another pack's attention kernel, honoured by our calls"),
+    ("outer_sample.args[0]", "the OUTER_SAMPLE wrapper's first argument is the run's noise [B, C, h, w] (automatic "
+     "regions read the latent size from it)"),
 )
