@@ -20,25 +20,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from .client import ComfyClient
+from .demo import add_demo_args, cmd_demo
 from .errors import RunnerError
 from .graph import load_graph
-from .run import Substitutions, run_workflow
-from .server import PACK_DIR, ComfyServer
-from .workflow_specs import THIRD_PARTY, WORKFLOWS
-
-WORKFLOW_DIR = PACK_DIR / "workflows" / "api"
-
-
-def resolve_workflow(ref: str) -> Path:
-    path = Path(ref)
-    if path.suffix == ".json" or path.exists():
-        return path
-    for name in (ref, f"anydressing_{ref}"):
-        candidate = WORKFLOW_DIR / f"{name}.json"
-        if candidate.is_file():
-            return candidate
-    raise RunnerError(f"no workflow {ref!r}: not a file, and not one of: "
-                      + ", ".join(n.replace("anydressing_", "") for n in WORKFLOWS))
+from .run import Substitutions, check_files, run_workflow
+from .server import ComfyServer
+from .workflow_specs import THIRD_PARTY, WORKFLOWS, resolve_workflow, short_name
 
 
 def _pair(text: str, flag: str) -> tuple:
@@ -133,8 +120,6 @@ def cmd_run(ns) -> int:
     graph = load_graph(path)
     folders = {}
     subs = build_substitutions(ns, started=not ns.server, folders=folders)
-    from .run import check_files
-
     check_files(subs)  # before a server is started
     with server_context(ns, folders) as srv:
         client = ComfyClient(ns.server or srv.url)
@@ -148,7 +133,7 @@ def cmd_run(ns) -> int:
 def cmd_list(ns) -> int:
     for name, (_, description) in WORKFLOWS.items():
         tag = f"  [needs {THIRD_PARTY[name]}]" if name in THIRD_PARTY else ""
-        print(f"{name.replace('anydressing_', ''):26s} {description}{tag}")
+        print(f"{short_name(name):26s} {description}{tag}")
     return 0
 
 
@@ -166,8 +151,6 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="dress sample garments with the multi-garment workflow, no downloads",
                           parents=[common])
-    from .demo import add_demo_args, cmd_demo
-
     add_demo_args(demo)
     add_server_args(demo)
     demo.set_defaults(func=cmd_demo)

@@ -20,6 +20,7 @@ from .graph import load_graph
 from .run import Substitutions, run_workflow
 from .samples import write_samples
 from .server import PACK_DIR, ComfyServer, find_comfyui
+from .workflow_specs import GARMENT_FILES, resolve_workflow
 
 TINY_CACHE = Path(os.environ.get("ANYDRESSING_TINY_MODELS", Path.home() / ".cache/anydressing/tiny-models"))
 # [choice] the tiny random model runs smaller and shorter: its output is noise whatever the size.
@@ -61,8 +62,6 @@ def build_tiny(comfyui: Path, python: str | None = None) -> Path:
 
 
 def cmd_demo(ns) -> int:
-    from .cli import resolve_workflow
-
     out = Path(ns.output).resolve()
     workflow = resolve_workflow(ns.workflow)
     graph = load_graph(workflow)
@@ -81,8 +80,6 @@ def cmd_demo(ns) -> int:
         checkpoint = Path(ns.checkpoint).expanduser()
         if not checkpoint.is_file():
             raise RunnerError(f"checkpoint file not found: {checkpoint}")
-    from .workflow_specs import GARMENT_FILES
-
     subs = Substitutions(
         garments=[(slot, samples[GARMENT_FILES[slot]]) for slot in slots],
         images=[(t, samples[f]) for t, f in (("Person photo", "anydressing_person.png"),

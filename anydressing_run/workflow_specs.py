@@ -3,12 +3,17 @@
 Defaults follow the paper where it speaks [paper]: lambda (strength) 0.7, one guidance scale 6.0, DDIM with
 30 steps (ComfyUI sampler "ddim", scheduler "ddim_uniform"), 576x768 output (3:4). Everything else is a
 [choice]: garments encoded at 384x512, the negative prompt, denoise values of the photo workflows.
-Titles matter: the runner finds prompts, pictures and outputs by them (see ``anydressing_run.cli``).
+Titles matter: the runner finds prompts, pictures and outputs by them (see ``anydressing_run.run``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from .errors import RunnerError
 from .graph import GraphBuilder
+
+API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "api"
 
 WIDTH, HEIGHT = 576, 768  # [paper] 768x576 portrait
 STEPS, CFG, STRENGTH = 30, 6.0, 0.7  # [paper]
@@ -179,3 +184,20 @@ WORKFLOWS = {
     "anydressing_img2img_keep_subject": (img2img_keep_subject, "img2img that keeps the subject of a photo and "
                                          "dresses it."),
 }
+
+
+def short_name(name: str) -> str:
+    """``anydressing_upper_lower_hat`` -> ``upper_lower_hat``: the name users type."""
+    return name.removeprefix("anydressing_")
+
+
+def resolve_workflow(ref: str) -> Path:
+    """An API workflow file: ``ref`` itself when it is a path, else a shipped workflow by (short) name."""
+    path = Path(ref)
+    if path.suffix == ".json" or path.exists():
+        return path
+    for name in (ref, f"anydressing_{ref}"):
+        candidate = API_DIR / f"{name}.json"
+        if candidate.is_file():
+            return candidate
+    raise RunnerError(f"no workflow {ref!r}: not a file, and not one of: " + ", ".join(map(short_name, WORKFLOWS)))

@@ -88,3 +88,28 @@ def test_widget_rules_round_trip_with_seed_control_and_upload_button():
     assert ui["nodes"][0]["widgets_values"] == ["b.png", "image"]
     assert ui["nodes"][1]["widgets_values"] == [5, "fixed", 0.25, False]
     assert ui_to_api(ui, info) == graph
+
+
+def test_runner_modules_import_each_other_without_a_cycle():
+    """Every intra-package import, including ones inside functions, forms an acyclic graph."""
+    import ast
+
+    from anydressing_run.server import PACK_DIR
+
+    package = PACK_DIR / "anydressing_run"
+    edges = {}
+    for path in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.add(node.module.split(".")[0] if node.module else "__init__")
+        edges[path.stem] = deps - {path.stem}
+
+    def visit(name, stack):
+        assert name not in stack, f"import cycle: {' -> '.join([*stack, name])}"
+        for dep in edges.get(name, ()):
+            visit(dep, [*stack, name])
+
+    for name in edges:
+        if name not in ("__init__", "__main__"):
+            visit(name, [])
