@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,12 +10,9 @@ import comfy.samplers
 
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
+from ..anydressing_core.maps_picture import render_maps_picture
 from .common import CATEGORY, latent_channels
 from .patch import MapStore, find_shared
-
-# colour maps cycle per garment so the panels are easy to tell apart
-_COLORMAPS = [cv2.COLORMAP_INFERNO, cv2.COLORMAP_VIRIDIS, cv2.COLORMAP_JET, cv2.COLORMAP_MAGMA]
-
 
 def average_maps(store: MapStore, out_hw) -> torch.Tensor:
     """Mean over layers of the per-garment maps, each resized to ``out_hw``: ``[N, H, W]`` in [0, 1]."""
@@ -31,19 +26,10 @@ def average_maps(store: MapStore, out_hw) -> torch.Tensor:
     return (acc / len(store.maps)).clamp(0, 1)
 
 
-def maps_picture(maps: torch.Tensor, names) -> torch.Tensor:
-    """Side-by-side panels, one per garment, labelled: IMAGE ``[1, H, W*N, 3]``."""
-    panels = []
-    top = max(float(maps.max()), 1e-6)  # one scale for all panels, so garments' shares compare
-    for i, m in enumerate(maps):
-        a = m.numpy() / top
-        img = cv2.applyColorMap((a * 255).astype(np.uint8), _COLORMAPS[i % len(_COLORMAPS)])
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        label = names[i] if i < len(names) else str(i + 1)
-        scale = max(0.3, img.shape[1] / 400)
-        cv2.putText(img, label, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
-        panels.append(img)
-    return torch.from_numpy(np.concatenate(panels, axis=1).astype(np.float32) / 255.0)[None]
+def maps_picture(maps: torch.Tensor, names, thumbnails=None) -> torch.Tensor:
+    """The core's attention-map picture of ``maps [N, H, W]`` as an IMAGE ``[1, H', W', 3]``."""
+    picture = render_maps_picture(maps.float().cpu().numpy(), names, thumbnails)
+    return torch.from_numpy(picture.image)[None]
 
 
 class AnyDressingAttentionMaps:
@@ -55,7 +41,7 @@ class AnyDressingAttentionMaps:
     FUNCTION = "maps"
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("maps_image", "garment_masks")
-    OUTPUT_TOOLTIPS = ("One coloured panel per garment, side by side.", "One map per garment (chain order), 0..1.")
+    OUTPUT_TOOLTIPS = ("One row per garment: its thumbnail, its map in its own colour and a colour scale.", "One map per garment (chain order), 0..1.")
 
     @classmethod
     def INPUT_TYPES(cls):
