@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["model_fixtures"]
+pytest_plugins = ["model_fixtures", "host_guard"]
 
 
 def find_host() -> Path | None:
@@ -66,6 +66,9 @@ class Host:
         import comfy.model_management  # noqa: F401
         import folder_paths
         import nodes
+        from anydressing_run.sandbox import isolate_in_process
+
+        isolate_in_process(folder_paths, args=args)  # the host's input/output/temp/user stay untouched
 
         self.nodes = nodes
         self.folder_paths = folder_paths
