@@ -3,7 +3,8 @@
 Draws sample garments (numpy/opencv), starts a headless ComfyUI with this pack, and runs the multi-garment
 workflow. With a real SD1.5 checkpoint (``--checkpoint`` or ``$ANYDRESSING_CHECKPOINT``) the picture is a real
 dressing result; without one, a TINY RANDOM checkpoint is built (``nodes/tiny_models.py``, ~5 s, cached) so
-everything runs end to end, and the picture is then noise by construction.
+everything runs end to end, and the picture is then noise by construction. Settings follow ``--preset``
+(``cpu-preview`` on a machine without a GPU).
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import presets
 from .client import ComfyClient
 from .errors import RunnerError
-from .graph import load_graph
+from .graph import load_graph, nodes_of, title
 from .run import Substitutions, run_workflow
 from .samples import write_samples
-from .server import PACK_DIR, ComfyServer, find_comfyui
-from .workflow_specs import GARMENT_FILES, resolve_workflow
+from .server import PACK_DIR, ComfyServer, comfyui_python, find_comfyui
+from .workflow_specs import PHOTO_SAMPLES, resolve_workflow
 
 TINY_CACHE = Path(os.environ.get("ANYDRESSING_TINY_MODELS", Path.home() / ".cache/anydressing/tiny-models"))
-# [choice] the tiny random model runs smaller and shorter: its output is noise whatever the size.
-TINY_SIZE, TINY_STEPS, TINY_GARMENT = (192, 256), 6, (128, 192)
 
 NOISE_BANNER = """
 =====================================================================================
@@ -43,10 +43,15 @@ def add_demo_args(p) -> None:
     p.add_argument("--output", "-o", default="anydressing_demo", help="folder for inputs and results")
     p.add_argument("--workflow", default="upper_lower_hat", help="shipped workflow to run (default upper_lower_hat)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the workflow's 30; 6 on the tiny model)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the preset's)")
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
-    p.add_argument("--quiet", "-q", action="store_true")
+    presets.add_arguments(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def build_tiny(comfyui: Path, python: str | None = None) -> Path:
@@ -61,41 +66,45 @@ def build_tiny(comfyui: Path, python: str | None = None) -> Path:
     return Path(paths["checkpoint"])
 
 
+def demo_checkpoint(ns, comfyui: Path) -> tuple:
+    """``(checkpoint file, is the tiny random one)``."""
+    if not ns.checkpoint:
+        say(NOISE_BANNER)
+        return build_tiny(comfyui, comfyui_python(comfyui, ns.python)), True
+    checkpoint = Path(ns.checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise RunnerError(f"checkpoint file not found: {checkpoint}")
+    return checkpoint, False
+
+
+def demo_substitutions(graph: dict, samples: dict, checkpoint: Path, ns) -> Substitutions:
+    """The drawn samples in every picture the workflow loads, the sample's caption as the prompt."""
+    slots = [graph[n]["inputs"].get("slot") for n in nodes_of(graph, "AnyDressingGarment")]
+    photos = {title(graph, n): samples[PHOTO_SAMPLES[title(graph, n)]] for n in nodes_of(graph, "LoadImage")
+              if title(graph, n) in PHOTO_SAMPLES}
+    return Substitutions(
+        garments=[(slot, samples[slot]) for slot in slots], images=sorted(photos.items()),
+        prompt=f"a full-body photo of a person, {samples['caption'].replace('a mannequin ', '')}, studio",
+        seed=ns.seed, steps=ns.steps, width=ns.width, height=ns.height, checkpoint=checkpoint.name)
+
+
 def cmd_demo(ns) -> int:
-    out = Path(ns.output).resolve()
-    workflow = resolve_workflow(ns.workflow)
-    graph = load_graph(workflow)
-    slots = [n["inputs"].get("slot") for n in graph.values() if n["class_type"] == "AnyDressingGarment"]
     if ns.server:
         raise RunnerError("the demo starts its own ComfyUI (it needs the checkpoint and this pack loaded); "
                           "drop --server, or use 'run' against your server")
+    out = Path(ns.output).resolve()
+    workflow = resolve_workflow(ns.workflow)
+    graph = load_graph(workflow)
     comfyui = find_comfyui(ns.comfyui)
     samples = write_samples(out / "inputs", size=384, seed=0)
-    print(f"sample inputs: {out / 'inputs'}")
-    tiny = not ns.checkpoint
-    if tiny:
-        print(NOISE_BANNER, file=sys.stderr)
-        checkpoint = build_tiny(comfyui)
-    else:
-        checkpoint = Path(ns.checkpoint).expanduser()
-        if not checkpoint.is_file():
-            raise RunnerError(f"checkpoint file not found: {checkpoint}")
-    subs = Substitutions(
-        garments=[(slot, samples[GARMENT_FILES[slot]]) for slot in slots],
-        images=[(t, samples[f]) for t, f in (("Person photo", "anydressing_person.png"),
-                                              ("Clothing mask", "anydressing_person_mask.png"),
-                                              ("Subject photo", "anydressing_person.png"),
-                                              ("Pose image", "anydressing_pose.png"))
-                if any((n.get("_meta") or {}).get("title") == t for n in graph.values())],
-        prompt=f"a full-body photo of a person, {samples['caption'].replace('a mannequin ', '')}, studio",
-        seed=ns.seed, steps=ns.steps or (TINY_STEPS if tiny else None),
-        width=ns.width or (TINY_SIZE[0] if tiny else None), height=ns.height or (TINY_SIZE[1] if tiny else None),
-        garment_size=TINY_GARMENT if tiny else None, checkpoint=checkpoint.name)
-    with ComfyServer(comfyui, port=ns.port, cpu=ns.cpu,
-                     model_folders={"checkpoints": [checkpoint.resolve().parent]}) as srv:
-        print(f"ComfyUI started at {srv.url} ({'CPU' if srv.cpu else 'GPU'}); running {workflow.name}")
+    say(f"sample inputs: {out / 'inputs'}")
+    checkpoint, tiny = demo_checkpoint(ns, comfyui)
+    subs = demo_substitutions(graph, samples, checkpoint, ns)
+    folders = {"checkpoints": [checkpoint.resolve().parent]}
+    with ComfyServer(comfyui, port=ns.port, cpu=ns.cpu, model_folders=folders, python=ns.python) as srv:
+        say(f"ComfyUI started at {srv.url} ({'CPU' if srv.cpu else 'GPU'}); running {workflow.name}")
         written = run_workflow(graph, ComfyClient(srv.url), subs, out, stem="demo", timeout=ns.timeout,
-                               progress=not ns.quiet)
+                               progress=not ns.quiet, preset=ns.preset, probe=ns.probe, say=say)
     print("results:")
     for p in written:
         print(f"  {p}")
