@@ -1,10 +1,11 @@
 """How long a run will take, said before it samples: a quick probe on the server and a per-step cost model.
 
 The probe queues the workflow's own graph up to its sampler, at a small size and with ``PreviewAny`` as the
-only output (it writes no file), twice: the first prompt loads the models and encodes the garments (all of
-which ComfyUI keeps cached for the real run), the second samples ``PROBE_STEPS`` steps, and its duration
-(the server's own timestamps) over ``PROBE_STEPS`` is the per-step time at the probe size. On a GPU the probe
-runs at the real size (a step there is cheap); on a CPU at ``CPU_PROBE_SIZE``, scaled up by the cost model.
+only output (it writes no file), three times: the first prompt loads the models and encodes the garments (all
+of which ComfyUI keeps cached for the real run), the next two sample 1 and 1 + ``PROBE_STEPS`` steps, and the
+difference of their durations (the server's own timestamps) over ``PROBE_STEPS`` is the per-step time at the
+probe size, without what every prompt pays once. On a GPU the probe runs at the real size (a step there is
+cheap); on a CPU at ``CPU_PROBE_SIZE``, scaled up by the cost model.
 
 Cost model of one CFG step of SD1.5 in GFLOP, with P = (W/8)*(H/8) latent tokens [choice, fitted within 0.5%
 to ``python -m benchmarks.flops`` at 64x64 .. 768x1024]: ``5.97 + 0.3314 P + 1.455e-5 P^2`` for the plain
@@ -86,11 +87,11 @@ def probe_graph(graph: dict, shape: RunShape, size: tuple, steps: int, seed_offs
     return probe
 
 
-def duration_s(entry: dict) -> float:
+def duration_s(entry: dict) -> float | None:
     """Seconds between the server's execution_start and execution_success messages of a history entry."""
     stamps = {kind: data.get("timestamp") for kind, data in entry.get("status", {}).get("messages", [])}
     if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
-        raise RunnerError("the time probe did not finish on the server", exit_code=4)
+        return None
     return (stamps["execution_success"] - stamps["execution_start"]) / 1000.0
 
 
@@ -128,22 +129,27 @@ def probe_size(shape: RunShape, on_cpu: bool) -> tuple:
 
 
 def probe(client, graph: dict, shape: RunShape, on_cpu: bool, track=None) -> Measurement:
-    """Measure the server's per-step time for ``graph`` (two small prompts, see the module doc).
+    """Measure the server's per-step time for ``graph`` (three small prompts, see the module doc).
 
     ``track(prompt_id)`` is told each queued probe, so that a cancel can take it off the server."""
     size = probe_size(shape, on_cpu)
     started = time.monotonic()
     durations = []
-    for offset, steps in ((1, 1), (2, PROBE_STEPS)):
+    for offset, steps in enumerate((1, 1, 1 + PROBE_STEPS), start=1):
         graph_now = probe_graph(graph, shape, size, steps, offset)
         prompt_id = uuid.uuid4().hex
         if track:
             track(prompt_id)
         client.queue(graph_now, prompt_id)
-        durations.append(duration_s(client.wait(prompt_id, graph_now, timeout=3600.0)))
-    per_step = durations[1] / PROBE_STEPS
-    log.info("time probe at %dx%d: %.2f s per step, %.1f s in all", *size, per_step, time.monotonic() - started)
-    return Measurement(per_step, size, max(durations[0] - per_step, 0.0))
+        took = duration_s(client.wait(prompt_id, graph_now, timeout=3600.0))
+        if took is None:
+            raise RunnerError("the server did not report the time probe's timing; run with --no-probe", exit_code=4)
+        durations.append(took)
+    warm, one, more = durations
+    # the difference of two warm prompts cancels what every prompt pays once (patching, K'/V', setup)
+    per_step = (more - one) / PROBE_STEPS if more > one else more / (1 + PROBE_STEPS)
+    log.info("time probe at %dx%d: %.3f s per step, %.1f s in all", *size, per_step, time.monotonic() - started)
+    return Measurement(per_step, size, max(warm - one, 0.0))
 
 
 def minutes(seconds: float) -> str:

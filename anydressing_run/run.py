@@ -16,7 +16,7 @@ from pathlib import Path
 from . import presets
 from .client import ComfyClient, ProgressBar
 from .errors import RunnerError
-from .estimate import PROBE_STEPS, Estimate, Measurement, RunShape, minutes, run_shape, step_gflop
+from .estimate import PROBE_STEPS, Estimate, Measurement, RunShape, duration_s, minutes, run_shape, step_gflop
 from .estimate import probe as measure
 from .graph import apply_sets, find_node, is_link, nodes_of, set_input, title
 
@@ -239,9 +239,10 @@ def describe_settings(shape: RunShape | None, preset, why: str) -> str:
 def describe_estimate(estimate: Estimate, measured: Measurement, shape: RunShape) -> str:
     scaled = "" if measured.size == (shape.width, shape.height) else (
         f" at {measured.size[0]}x{measured.size[1]}, scaled by the SD1.5 cost model")
-    return (f"expected: about {minutes(estimate.sampling_s)} of sampling ({estimate.seconds_per_step:.1f} s per "
-            f"step x {shape.steps} steps, plus one for the attention maps), measured by a {PROBE_STEPS}-step probe"
-            f"{scaled}; loading and encoding took {measured.setup_s:.0f} s and are not repeated")
+    return (f"expected: about {minutes(estimate.sampling_s)} of sampling ({estimate.seconds_per_step:.2f} s per "
+            f"step x {shape.steps} steps, plus one for the attention maps), from a probe on the server (1 against "
+            f"{1 + PROBE_STEPS} steps{scaled}); loading and encoding took {measured.setup_s:.0f} s and are not "
+            "repeated")
 
 
 def cpu_advice(shape: RunShape, measured: Measurement | None) -> str | None:
@@ -321,6 +322,10 @@ def run_workflow(graph: dict, client: ComfyClient, subs: Substitutions, output_d
         log.info("queued prompt %s", prompt_id)
         bar = ProgressBar(final) if progress else None
         entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
+        took = duration_s(entry)
+        if measured is not None and took is not None:
+            say(f"the server took {minutes(took)} for the run "
+                f"(expected about {minutes(measured.estimate(shape).sampling_s)} of sampling)")
     except KeyboardInterrupt:
         for line in ours.cancel():
             say(line)
