@@ -79,7 +79,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     dev = g.add_mutually_exclusive_group()
     dev.add_argument("--cpu", dest="cpu", action="store_true", default=None, help="run the started server on the CPU")
     dev.add_argument("--gpu", dest="cpu", action="store_false", help="do not pass --cpu to the started server")
-    g.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
+    g.add_argument("--timeout", type=float, help="seconds to wait for the run (default: an hour, or three times "
+                                                 "the expected time when that is longer)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

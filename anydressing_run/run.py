@@ -285,13 +285,14 @@ class _OurPrompts:
 
 
 def run_workflow(graph: dict, client: ComfyClient, subs: Substitutions, output_dir, stem: str = "anydressing",
-                 timeout: float = 3600.0, progress: bool = True, preset: str | None = None,
+                 timeout: float | None = 3600.0, progress: bool = True, preset: str | None = None,
                  probe: bool = False, say=log.info) -> list:
     """Substitute, validate, upload, queue, wait and save. Returns the written image paths.
 
     ``preset``: a name of ``presets.CHOICES`` (None keeps the workflow's values). ``probe``: measure the
     server's speed first and ``say`` the expected time (see ``estimate``). On Ctrl-C / SIGTERM the prompts
-    this run queued are removed from the server's queue or interrupted, and the exception goes on."""
+    this run queued are removed from the server's queue or interrupted, and the exception goes on; so on any
+    other failure, a timeout included. ``timeout`` None: an hour, or three times the expected time."""
     check_files(subs)
     on_cpu = server_on_cpu(client.ping())
     chosen, why = presets.choose(preset, on_cpu)
@@ -321,12 +322,15 @@ def run_workflow(graph: dict, client: ComfyClient, subs: Substitutions, output_d
         client.queue(final, prompt_id)
         log.info("queued prompt %s", prompt_id)
         bar = ProgressBar(final) if progress else None
+        if timeout is None:  # an hour, or three times the expected time when that is longer
+            expected = measured.estimate(shape) if measured is not None else None
+            timeout = max(3600.0, 3 * (expected.sampling_s + expected.setup_s)) if expected else 3600.0
         entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
         took = duration_s(entry)
         if measured is not None and took is not None:
             say(f"the server took {minutes(took)} for the run "
                 f"(expected about {minutes(measured.estimate(shape).sampling_s)} of sampling)")
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, a timeout: nothing of this run keeps running on the server
         for line in ours.cancel():
             say(line)
         raise
