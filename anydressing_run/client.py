@@ -42,15 +42,24 @@ def format_node_errors(body: dict, graph: dict | None = None) -> str:
         lines.append(_one_line(err))
     for node_id, info in sorted((body.get("node_errors") or {}).items(), key=lambda kv: str(kv[0])):
         node = graph.get(node_id) or {"class_type": info.get("class_type", "?")}
-        inputs, messages = [], []
+        by_message = {}  # one message, the inputs it was attached to (a node's own check names several at once)
         for e in info.get("errors", []):
             name = (e.get("extra_info") or {}).get("input_name")
-            if name and name not in inputs:
-                inputs.append(name)
             text = _one_line(e.get("message", ""))
             details = _one_line(e.get("details", ""))
+            if details and name and details.startswith(f"{name} - "):
+                details = details[len(name) + 3:]  # "input - message": the message once, without the input
             if details and details != name and details not in text:
                 text += f" [{details}]"
+            names = by_message.setdefault(text, [])
+            if name and name not in names:
+                names.append(name)
+        inputs, messages = [], []
+        for text, names in by_message.items():
+            named = input_named_in(text, node) if len(names) > 1 else None
+            for name in ([named] if named in names else names):
+                if name not in inputs:
+                    inputs.append(name)
             messages.append(text)
         where = f", input {', '.join(inputs)}" if inputs else ""
         lines.append(f"  {label({node_id: node}, node_id)}{where}: {'; '.join(messages)}")

@@ -148,6 +148,10 @@ class AnyDressingApply(AnyDressingNode):
     outputs = [io.Model.Output("dressed_model", tooltip="The patched model (a clone; the input MODEL is unchanged).")]
 
     @classmethod
+    def validate_inputs(cls, start_percent=None, end_percent=None, form=None, cfg_policy=None):
+        return cls.check_widgets(start_percent=start_percent, end_percent=end_percent, form=form, cfg_policy=cfg_policy)
+
+    @classmethod
     def check_settings(cls, start_percent=None, end_percent=None, **_):
         return settings_message(None, start_percent, end_percent)
 

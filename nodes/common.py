@@ -64,11 +64,15 @@ def widget_message(spec, value):
 
 
 class AnyDressingNode(io.ComfyNode):
-    """Base of the pack's nodes: the schema comes from the class attributes below, and every widget value is
-    checked against it when the prompt is queued, so each node file says only what is its own.
+    """Base of the pack's nodes: the schema comes from the class attributes below, so each node file says only
+    what is its own.
 
     ``inputs`` / ``outputs`` are lists of V3 inputs and outputs (override :meth:`schema_inputs` for inputs
-    that change at run time, such as a folder's file list); :meth:`check_settings` adds rules across inputs.
+    that change at run time, such as a folder's file list).  Queue-time checks: ComfyUI checks numbers against
+    their min/max itself (naming the input); a node's ``validate_inputs`` names exactly the inputs ComfyUI does
+    not check (V3 combo values, in 0.3.64) or that need a rule across inputs, and hands them to
+    :meth:`check_widgets`.  ComfyUI attaches its message to every input ``validate_inputs`` takes, so it takes
+    no more than those.
     """
 
     node_id = ""
@@ -88,8 +92,9 @@ class AnyDressingNode(io.ComfyNode):
                          inputs=cls.schema_inputs(), outputs=list(cls.outputs))
 
     @classmethod
-    def validate_inputs(cls, **values):
-        """Queue-time check of the widget values (linked inputs are not known yet and are skipped)."""
+    def check_widgets(cls, **values):
+        """True, or what is wrong with these widget values (their options or range, then :meth:`check_settings`).
+        None values are linked inputs, not known before the run: skipped."""
         for spec in cls.schema_inputs():
             value = values.get(spec.id)
             if value is not None and (message := widget_message(spec, value)) is not True:

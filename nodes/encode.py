@@ -197,6 +197,10 @@ class AnyDressingEncodeGarments(AnyDressingNode):
                                           tooltip="Garment features for AnyDressing Apply.")]
 
     @classmethod
+    def validate_inputs(cls, width=None, height=None):
+        return cls.check_widgets(width=width, height=height)
+
+    @classmethod
     def check_settings(cls, width=None, height=None, **_):
         return True if width is None or height is None else check_size(int(width), int(height))
 

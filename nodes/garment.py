@@ -85,5 +85,9 @@ class AnyDressingGarment(AnyDressingNode):
                                        "AnyDressing Encode Garments.")]
 
     @classmethod
+    def validate_inputs(cls, slot=None, mask_mode=None):
+        return cls.check_widgets(slot=slot, mask_mode=mask_mode)
+
+    @classmethod
     def execute(cls, image, slot, weight, mask=None, garments=None, mask_mode=MaskMode.WHITE) -> io.NodeOutput:
         return io.NodeOutput(make_garments(image, slot, weight, mask, garments, mask_mode))

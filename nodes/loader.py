@@ -93,12 +93,11 @@ class AnyDressingLoader(AnyDressingNode):
         ]
 
     @classmethod
-    def validate_inputs(cls, **values):
-        name = values.get("anydressing_name")
-        if name is not None and name not in weight_files():
-            return (f"{name!r} is not in any anydressing folder ({folder_paths.get_folder_paths(FOLDER)}); put the "
-                    "file there (only .safetensors are listed) and press R to refresh")
-        return super().validate_inputs(**values)
+    def validate_inputs(cls, anydressing_name=None):
+        if anydressing_name is not None and anydressing_name not in weight_files():
+            return (f"{anydressing_name!r} is not in any anydressing folder ({folder_paths.get_folder_paths(FOLDER)}); "
+                    "put the file there (only .safetensors are listed) and press R to refresh")
+        return True
 
     @classmethod
     def execute(cls, anydressing_name, model=None, clip=None) -> io.NodeOutput:

@@ -145,6 +145,10 @@ class AnyDressingRegions(AnyDressingNode):
     outputs = [Regions.Output("regions", tooltip="Regions for one AnyDressing Apply.")]
 
     @classmethod
+    def validate_inputs(cls, source=None):
+        return cls.check_widgets(source=source)
+
+    @classmethod
     def execute(cls, source, pose_image=None, pose_keypoints=None, clip=None, prompt="", region_words="") -> io.NodeOutput:
         return io.NodeOutput(make_request(source, pose_image, pose_keypoints, clip, prompt, region_words))
 

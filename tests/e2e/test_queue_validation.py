@@ -35,7 +35,7 @@ def node_of(g, class_type):
 
 CASES = {
     "unknown slot": ("AnyDressingGarment", "slot", "cape", "unknown slot 'cape'"),
-    "negative strength": ("AnyDressingApply", "strength", -0.5, "strength -0.5 is out of range; use 0..2"),
+    "negative strength": ("AnyDressingApply", "strength", -0.5, "smaller than min of 0.0"),  # ComfyUI's own check
     "start after end": ("AnyDressingApply", "start_percent", 0.9, "start <= end"),
     "garment size not a multiple of 64": ("AnyDressingEncodeGarments", "width", 100, "multiples of 64"),
     "unknown form": ("AnyDressingApply", "form", "both", "unknown form 'both'"),
@@ -61,6 +61,9 @@ def test_bad_value_is_refused_at_queue_time(case, client, tiny_files, samples):
     errors = body["node_errors"][nid]["errors"]
     text = " ".join(f"{e.get('message')} {e.get('details')}" for e in errors)
     assert name in text and message in text, f"{case}: {text}"
+    # the message is attached to the input concerned (and, for rules across inputs, to its partners), not to all
+    named = {(e.get("extra_info") or {}).get("input_name") for e in errors}
+    assert name in named and len(named) <= 4, f"{case}: the error is attached to {sorted(named)}"
     assert client.get_json("/queue")["queue_pending"] == [], "a refused prompt was queued"
 
 

@@ -86,9 +86,11 @@ def test_maps_picture_shows_the_regions_in_force(host, g, two, person):
     latent = g.sample(patched)
     picture, masks = maps_of(host, g, patched, latent)
     plain_picture, _ = maps_of(host, g, g.apply(two), latent)
-    assert plain_picture.shape == (1, SIZE, 2 * SIZE, 3)
-    assert picture.shape == (1, 2 * SIZE, 2 * SIZE, 3) and masks.shape == (2, SIZE, SIZE)  # a second row of panels
-    assert not torch.equal(picture[:, SIZE:, :SIZE], picture[:, SIZE:, SIZE:])
+    rows = plain_picture.shape[1]  # the garments' rows; the regions in force come as a second block under them
+    assert picture.shape == (1, 2 * rows, plain_picture.shape[2], 3) and masks.shape == (2, SIZE, SIZE)
+    regions_block = picture[:, rows:]
+    half = rows // 2  # one row per garment: the two regions differ
+    assert not torch.equal(regions_block[:, :half], regions_block[:, half:2 * half])
 
 
 @pytest.mark.parametrize("source", ["attention", "combined"])
@@ -155,7 +157,8 @@ def test_prompt_without_a_garment_word_falls_back_and_says_so(host, g, two, capl
     assert "2 lower has no region" in caplog.text and "trousers" in caplog.text
     latent = g.sample(patched, positive=g.encode(prompt))
     picture, _ = maps_of(host, g, patched, latent)
-    assert picture.shape[1] == 2 * SIZE
+    plain_picture, _ = maps_of(host, g, g.apply(two), latent)
+    assert picture.shape[1] == 2 * plain_picture.shape[1]  # the regions block under the maps: shown, with a fallback
 
 
 def test_region_words_name_the_garments_when_the_slot_nouns_do_not(host, g, two):
