@@ -38,3 +38,27 @@ def tiny_model_names(host, tiny_models) -> dict:
         listed = fp.get_filename_list(key)
         assert names[kind] in listed, f"{names[kind]} not listed in ComfyUI's {key!r} folder: {listed}"
     return names
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(host) -> dict:
+    """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny SDXL-family files (noise weights; built
+    once per machine, about 1.3 GB and 40 s)."""
+    tiny = host.module("nodes.tiny_models")
+    return tiny.ensure_tiny_sdxl_models(TINY_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_names(host, tiny_sdxl) -> dict:
+    """Registers the tiny SDXL folder with the host and returns the names its loader nodes take."""
+    fp = host.folder_paths
+    for key in FOLDER_KEYS.values():
+        fp.add_model_folder_path(key, str(tiny_sdxl["folder"]))
+    return {kind: tiny_sdxl[kind].name for kind in FOLDER_KEYS}
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(host, tiny_sdxl_names) -> tuple:
+    """``(MODEL, CLIP, VAE)`` of the tiny SDXL checkpoint through the stock CheckpointLoaderSimple, loaded once
+    per session (about 8 s)."""
+    return host.run("CheckpointLoaderSimple", ckpt_name=tiny_sdxl_names["checkpoint"])
