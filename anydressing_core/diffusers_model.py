@@ -219,7 +219,8 @@ class DressingAttnProcessor:
         def on(idx):
             r = regions if regions is None or regions.shape[0] == 1 else regions[idx]
             res = dressing_attention(q[idx], k[idx], v[idx], gk, gv, attn.heads, lengths, strength=st.strength,
-                                     form=form, weights=weights, regions=r, return_maps=st.record_maps)
+                                     form=form, weights=weights, regions=r, return_maps=st.record_maps,
+                                     token_size=feats.token_size(self.key))
             if st.record_maps:
                 res, maps = res
                 st.maps[self.key] = maps

@@ -29,6 +29,11 @@ class GarmentFeatures:
     ``tokens[key]`` is ``[N, L, C]``: F, the normalised hidden state entering attn1 of that
     GarmentsNet block at t=0 (one row per garment).  ``kv[key]`` optionally holds K', V' as
     ``[1, N*L, C]`` each, computed by an adapter's trained projections at encode time.
+
+    ``base`` names the model family that encoded them (``"sd15"``, ``"sdxl"``; None when unknown),
+    ``latent_hw`` the garment latent's ``(h, w)`` (each layer's token grid follows from it), and
+    ``pooled[key] = p`` says that layer's tokens are averages of ``p x p`` cells (:mod:`.budget`;
+    absent = 1).
     """
 
     tokens: Dict[BlockKey, torch.Tensor]
@@ -37,6 +42,9 @@ class GarmentFeatures:
     names: List[str] = field(default_factory=list)
     kv: Optional[Dict[BlockKey, Tuple[torch.Tensor, torch.Tensor]]] = None
     form: Optional[str] = None
+    base: Optional[str] = None
+    latent_hw: Optional[Tuple[int, int]] = None
+    pooled: Dict[BlockKey, int] = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.slots)
@@ -52,6 +60,11 @@ class GarmentFeatures:
 
     def lengths(self, key: BlockKey) -> List[int]:
         return [int(self.tokens[key].shape[1])] * self.count
+
+    def token_size(self, key: BlockKey) -> int:
+        """How many encoded tokens each of this layer's tokens stands for (``p * p`` after pooling, else 1)."""
+        p = int(self.pooled.get(key, 1))
+        return p * p
 
     def flat(self, key: BlockKey) -> torch.Tensor:
         """All garments' tokens of one layer concatenated on the token axis: ``[1, N*L, C]``."""
@@ -72,7 +85,7 @@ class GarmentFeatures:
             tokens={k: move(t) for k, t in self.tokens.items()},
             slots=list(self.slots), weights=list(self.weights), names=list(self.names),
             kv=None if self.kv is None else {k: (move(a), move(b)) for k, (a, b) in self.kv.items()},
-            form=self.form,
+            form=self.form, base=self.base, latent_hw=self.latent_hw, pooled=dict(self.pooled),
         )
 
     def __deepcopy__(self, memo):

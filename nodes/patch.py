@@ -220,7 +220,7 @@ class DressingReplace:
                 qq, kk, vv, gk, gv, heads, lengths, strength=sh.strength, form=sh.form,
                 weights=sh.features.weights, regions=regions, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b_, c, h, mask=None: self._plain(a, b_, c, extra_options),
-                cache=cache,
+                cache=cache, token_size=sh.features.token_size(self.key),
             )
             if store is not None:
                 out, maps = out
