@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import DAForm
+from .budget import apply_budget
 from .checkpoint import AnyDressingAdapter, load_checkpoint
 from .diffusers_model import GarmentsNet, attn1_modules, install_dressing_attention
 from .errors import AnyDressingError
@@ -102,10 +103,19 @@ class AnyDressingPipeline:
         x = (images.to(self.device, self.vae.dtype) * 2 - 1)
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
+    def text_context(self, prompt: str) -> torch.Tensor:
+        """The cross-attention context of ``prompt``, ``[1, 77, D]`` (a GarmentsNet with a text context reads it)."""
+        return self.encode_prompt(prompt)
+
+    def garment_conditioning(self, size: Sequence[int]) -> dict:
+        """Extra UNet inputs of the garment pass (``size`` = (height, width) in pixels): none on SD1.5."""
+        return {}
+
     @torch.no_grad()
     def encode_garments(self, garments, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
-                        size: Sequence[int] = (512, 384)):
-        """Garment pictures -> projected :class:`~.features.GarmentFeatures` (once per call)."""
+                        size: Sequence[int] = (512, 384), token_budget: int = 0):
+        """Garment pictures -> projected :class:`~.features.GarmentFeatures` (once per call), with at most
+        ``token_budget`` garment tokens per layer (:mod:`.budget`; 0 = all)."""
         if isinstance(garments, torch.Tensor) and garments.ndim == 4:
             images = garments
         else:
@@ -116,13 +126,25 @@ class AnyDressingPipeline:
         latents = self.encode_images(images).to(self.dtype)
         ctx = None
         if self.garments_net.context != "none":
-            ctx = self.encode_prompt("")
-        feats = self.garments_net.encode(latents, list(slots), weights, encoder_hidden_states=ctx)
+            ctx = self.text_context("")
+        feats = self.garments_net.encode(latents, list(slots), weights, encoder_hidden_states=ctx,
+                                         **self.garment_conditioning(size))
         if self.adapter is not None:
-            return self.adapter.project(feats, dtype=self.dtype)
+            return apply_budget(self.adapter.project(feats, dtype=self.dtype), token_budget)
         feats = self.dressing.precompute(feats)
         feats.form = DAForm.JOINT
-        return feats
+        return apply_budget(feats, token_budget)
+
+    def prompt_conditioning(self, prompt, negative_prompt: str, prompt_embeds, negative_prompt_embeds, cfg: bool,
+                            height: int, width: int):
+        """``(encoder_hidden_states [B or 2B, 77, D], extra UNet kwargs, B)``; with CFG the unconditional rows
+        come first."""
+        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
+        b = cond.shape[0]
+        if not cfg:
+            return cond, {}, b
+        uncond = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_prompt(negative_prompt)
+        return torch.cat([uncond.expand(b, -1, -1), cond]), {}, b
 
     @torch.no_grad()
     def __call__(self, prompt: Union[str, List[str], None] = None, garments=None, slots: Sequence[str] = ("upper",),
@@ -131,24 +153,19 @@ class AnyDressingPipeline:
                  garment_size: Sequence[int] = (512, 384), generator: Optional[torch.Generator] = None,
                  prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
                  form: Optional[str] = None, region_masks: Optional[torch.Tensor] = None,
-                 latents: Optional[torch.Tensor] = None, output_type: str = "pt"):
+                 latents: Optional[torch.Tensor] = None, output_type: str = "pt", garment_token_budget: int = 0):
         """Returns images ``[B, 3, height, width]`` in [0, 1] (``output_type="latent"``: latents)."""
         f = self.vae_scale
         if height % f or width % f:
             raise AnyDressingError(f"height {height} and width {width} must be multiples of {f}")
-        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
-        b = cond.shape[0]
+        cfg = guidance_scale > 1.0
+        ctx, unet_kwargs, b = self.prompt_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                       cfg, height, width)
         feats = None
         if garments is not None and len(garments) > 0:
-            feats = self.encode_garments(garments, slots, weights, garment_size)
+            feats = self.encode_garments(garments, slots, weights, garment_size, garment_token_budget)
         lam = strength if strength is not None else (self.adapter.default_strength if self.adapter else 0.7)
-        cfg = guidance_scale > 1.0
-        if cfg:
-            uncond = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_prompt(negative_prompt)
-            ctx = torch.cat([uncond.expand(b, -1, -1), cond])
-            rows = torch.tensor([False] * b + [True] * b)  # [paper] garments dropped with the text
-        else:
-            ctx, rows = cond, None
+        rows = torch.tensor([False] * b + [True] * b) if cfg else None  # [paper] garments dropped with the text
         shape = (b, self.unet.config.in_channels, height // f, width // f)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
@@ -159,7 +176,7 @@ class AnyDressingPipeline:
             for t in self.scheduler.timesteps:
                 x = torch.cat([latents] * 2) if cfg else latents
                 x = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(x, t, encoder_hidden_states=ctx).sample
+                eps = self.unet(x, t, encoder_hidden_states=ctx, **unet_kwargs).sample
                 if cfg:
                     e_u, e_c = eps.chunk(2)
                     eps = e_u + guidance_scale * (e_c - e_u)
