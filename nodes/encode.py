@@ -10,12 +10,15 @@ import torch
 import comfy.model_management
 import comfy.utils
 
+from ..anydressing_core.bases import LATENT_SCALE, base_of_vae_scale, name
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.garments import GarmentList, prepare_garment
 from ..anydressing_core.resampler import Resampler
-from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of, latent_channels
-from .loader import adapter_encode_options, adapter_features, check_adapter, model_channels
+from .common import (ANYDRESSING, CATEGORY, GARMENT_FEATURES, GARMENTS, attn1_modules, compute_dtype, diffusion_model_of,
+                     latent_channels, model_base)
+from .loader import adapter_encode_options, adapter_features, check_adapter_for
+from .sdxl import garment_adm
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,17 @@ def check_vae(vae, model):
             f"the VAE makes {vae_ch}-channel latents but the model expects {model_ch} channels. Connect the VAE that "
             "belongs to this checkpoint (SD1.5 models use a 4-channel VAE)."
         )
+    # ComfyUI marks a TAESD with its base's latent scale; full-size SD1.5 and SDXL VAEs share one architecture
+    # and key set, so nothing in them says which base they belong to (docs/BAD_INPUT.md)
+    scale = getattr(getattr(vae, "first_stage_model", None), "vae_scale", None)
+    vae_base = base_of_vae_scale(float(scale.detach()) if torch.is_tensor(scale) else scale)
+    mine = model_base(model)
+    if vae_base and mine and vae_base != mine:
+        raise AnyDressingError(
+            f"the VAE is a TAESD for {name(vae_base)} (latent scale {LATENT_SCALE[vae_base]}), but the MODEL is "
+            f"{name(mine)} (latent scale {LATENT_SCALE[mine]}). Connect the {name(mine)} checkpoint's own VAE "
+            f"(or the {'taesdxl' if mine == 'sdxl' else 'taesd'} approximation)."
+        )
 
 
 def image_token_context(adapter, clip_vision, pixels):
@@ -104,7 +118,7 @@ def image_token_context(adapter, clip_vision, pixels):
 
 
 def encode_garments(model, vae, garments: GarmentList, width: int, height: int, adapter=None,
-                    clip_vision=None) -> GarmentFeatures:
+                    clip_vision=None, clip=None) -> GarmentFeatures:
     if not isinstance(garments, GarmentList) or len(garments) == 0:
         raise AnyDressingError("no garments: connect at least one AnyDressing Garment node to 'garments'")
     if width % 64 or height % 64 or not (64 <= width <= 2048 and 64 <= height <= 2048):
@@ -116,9 +130,10 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
         raise AnyDressingError("this UNet has no self-attention layers to take garment features from")
     keys = list(modules)
     if adapter is not None:  # the same fit check adapter_features makes at the end, before any heavy work
-        check_adapter(adapter, model_channels(model), "the MODEL")
+        check_adapter_for(adapter, model, "the MODEL")
     prepared = [prepare_garment(g.image, g.mask, width, height) for g in garments.items]
     pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
+    adm = garment_adm(model, len(prepared), width, height, clip)  # SDXL: before the VAE, it may refuse the CLIP
 
     comfy.model_management.throw_exception_if_processing_interrupted()
     latents = vae.encode(pixels)
@@ -127,10 +142,7 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     x = model.model.process_latent_in(latents).to(device=device, dtype=dtype)
     n = x.shape[0]
     ctx_dim = model.model.model_config.unet_config.get("context_dim") or 768
-    kwargs = {}
-    if getattr(dm, "num_classes", None) is not None:
-        adm = model.model.model_config.unet_config.get("adm_in_channels")
-        kwargs["y"] = torch.zeros(n, int(adm), device=device, dtype=dtype)  # no text, no size conditioning
+    kwargs = {} if adm is None else {"y": adm.to(device=device, dtype=dtype)}
     recorder = FeatureRecorder(keys, comfy.utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
     # trained weights: each garment row gets its slot's GFE LoRA (issue 4; nodes/loader.py)
@@ -160,6 +172,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
         slots=[g.slot for g in garments.items],
         weights=[g.weight for g in garments.items],
         names=[g.name for g in garments.items],
+        base=model_base(model),
+        latent_hw=tuple(int(v) for v in latents.shape[-2:]),
     )
     # trained Wk'/Wv': K'/V' once per encode, never per step (issue 4); also sets the weights' DA form
     return adapter_features(adapter, features, model, dtype=dtype)
@@ -194,11 +208,13 @@ class AnyDressingEncodeGarments:
                                                      "garment LoRA per slot and trained K'/V' projections. Empty = zero-shot."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "Only for IMAGDressing weights: the CLIP vision model (ViT-H) whose "
                                                            "garment tokens their resampler turns into GarmentsNet's context."}),
+                "clip": ("CLIP", {"tooltip": "SDXL-family models: the checkpoint's CLIP, for the empty prompt's pooled "
+                                             "embedding the garment pass needs. Unconnected: zeros. SD1.5 ignores it."}),
             },
         }
 
-    def encode(self, model, vae, garments, width, height, adapter=None, clip_vision=None):
-        return (encode_garments(model, vae, garments, width, height, adapter, clip_vision),)
+    def encode(self, model, vae, garments, width, height, adapter=None, clip_vision=None, clip=None):
+        return (encode_garments(model, vae, garments, width, height, adapter, clip_vision, clip),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingEncodeGarments": AnyDressingEncodeGarments}

@@ -18,12 +18,13 @@ import comfy.utils
 import folder_paths
 from comfy.ldm.modules.attention import optimized_attention
 
+from ..anydressing_core.bases import check_same_base, name
 from ..anydressing_core.checkpoint import AnyDressingAdapter, load_checkpoint
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures
 from ..anydressing_core.importers import infer_unet_config
 from ..anydressing_core.keys import ldm_unet_config
-from .common import ANYDRESSING, CATEGORY, attn1_modules, diffusion_model_of
+from .common import ANYDRESSING, CATEGORY, attn1_modules, diffusion_model_of, model_base
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,17 @@ def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: boo
     adapter.check_layers(channels, what, widths=widths)
 
 
+def check_adapter_for(adapter, model, what: str = "the MODEL"):
+    """The adapter must be made for ``model``'s base (named in the error) and fit its layers and widths."""
+    if isinstance(adapter, AnyDressingAdapter):
+        mine = model_base(model)
+        weights = f"the AnyDressing weights {adapter.name}" if adapter.name else "the AnyDressing weights"
+        check_same_base(f"{weights} are made for", adapter.meta.base, mine,
+                        f"Load AnyDressing weights made for {name(mine)} (base={mine}), or sample with an "
+                        f"{name(adapter.meta.base)} checkpoint.")
+    check_adapter(adapter, model_channels(model), what)
+
+
 def adapter_features(adapter, features: GarmentFeatures, model, dtype=None) -> GarmentFeatures:
     """Features carrying the adapter's form and, with trained projections, K'/V' (once, not per step).
 
@@ -150,7 +162,7 @@ def adapter_features(adapter, features: GarmentFeatures, model, dtype=None) -> G
     """
     if adapter is None:
         return features
-    check_adapter(adapter, model_channels(model), "the MODEL")
+    check_adapter_for(adapter, model, "the MODEL")
     if features.kv is not None:
         return features
     out = adapter.project(features, dtype=dtype, device=getattr(model, "load_device", None))
@@ -199,7 +211,7 @@ class AnyDressingLoader:
                                    f"({folder_paths.get_folder_paths(FOLDER)})")
         adapter = load_checkpoint(path)
         if model is not None:
-            check_adapter(adapter, model_channels(model), "the connected MODEL")
+            check_adapter_for(adapter, model, "the connected MODEL")
         gnet = garments_net_patcher(adapter, model)
         if adapter.garments_net is not None:
             check_adapter(adapter, model_channels(gnet), "its own GarmentsNet")
