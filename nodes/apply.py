@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.patcher_extension
 import torch
 
 from ..anydressing_core.attention import DAForm
+from ..anydressing_core.bases import check_same_base
+from ..anydressing_core.budget import MAX_BUDGET, apply_budget, describe
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
-from .common import ANYDRESSING, CATEGORY, GARMENT_FEATURES, CFGPolicy, FormOption, attn1_modules, diffusion_model_of
+from .common import (ANYDRESSING, CATEGORY, GARMENT_FEATURES, CFGPolicy, FormOption, attn1_modules, diffusion_model_of,
+                     model_base)
 from .loader import adapter_features
 from .patch import DressingReplace, DressingShared
 
+log = logging.getLogger(__name__)
 
-def check_features(model_modules: dict, features: GarmentFeatures):
-    """The features must come from a UNet with the same self-attention layers and widths."""
+#: What a new Apply node shows; a graph saved without the input gets 0 (no pooling), see docs/SDXL.md.
+BUDGET_DEFAULT = 0
+
+
+def check_features(model_modules: dict, features: GarmentFeatures, base=None):
+    """The features must come from a model of the same base (``base``, when known) with the same
+    self-attention layers and widths."""
+    check_same_base("the garment features were encoded with", features.base, base,
+                    "Encode the garments with the MODEL you sample with (the same checkpoint's MODEL into Encode "
+                    "Garments).")
     missing = [key_to_str(k) for k in model_modules if k not in features.tokens]
     extra = [key_to_str(k) for k in features.tokens if k not in model_modules]
     if missing or extra:
@@ -35,7 +49,7 @@ def check_features(model_modules: dict, features: GarmentFeatures):
 
 
 def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent=1.0, form=FormOption.AUTO,
-                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None):
+                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, garment_token_budget=0):
     if not isinstance(features, GarmentFeatures):
         raise AnyDressingError(f"'features' must come from Encode Garments (got {type(features).__name__})")
     if features.count == 0:
@@ -49,8 +63,12 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         raise AnyDressingError(f"unknown form {form!r}; use one of {FormOption.ALL}")
     if cfg_policy not in CFGPolicy.ALL:
         raise AnyDressingError(f"unknown cfg_policy {cfg_policy!r}; use one of {CFGPolicy.ALL}")
+    budget = garment_token_budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= MAX_BUDGET:
+        raise AnyDressingError(f"garment_token_budget {budget!r}: use a whole number of tokens per layer from 0 "
+                               f"(no budget) to {MAX_BUDGET}")
     modules = attn1_modules(diffusion_model_of(model, "model"))
-    check_features(modules, features)
+    check_features(modules, features, model_base(model))
     regions = None
     if region_masks is not None:
         if not torch.is_tensor(region_masks) or region_masks.ndim not in (2, 3):
@@ -69,6 +87,10 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     m = model.clone()
     if strength == 0.0:
         return m  # neutral setting: the unpatched model, bit for bit (STYLE 10)
+    pooled = apply_budget(features, budget)  # once per Apply, never per step (the same object when nothing pools)
+    if pooled is not features:
+        log.info("AnyDressing: garment token budget %d: %s", budget, describe(pooled, features))
+    features = pooled
     if form == FormOption.AUTO:
         # trained/imported weights say which form they were trained with; zero-shot uses the joint
         # (reference-attention) form [choice]: with K'=K, V'=V it keeps one normalised softmax.
@@ -124,12 +146,18 @@ class AnyDressingApply:
                 "region_masks": ("MASK", {"tooltip": "Optional: one mask per garment (chain order) on the output image. Pixels "
                                                      "inside garment k's region attend only to garment k (training-free "
                                                      "localization)."}),
+                "garment_token_budget": ("INT", {
+                    "default": BUDGET_DEFAULT, "min": 0, "max": MAX_BUDGET, "step": 256,
+                    "tooltip": "Most garment tokens per self-attention layer, all garments together; 0 = no limit. Layers "
+                               "above it average their garment tokens 2x2 (the highest-resolution layers first), which "
+                               "bounds the cost at 1024 px and with many garments. SDXL at 1024 px: 4096."}),
             },
         }
 
-    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None, adapter=None):
+    def apply(self, model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks=None, adapter=None,
+              garment_token_budget=0):
         return (apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy, region_masks,
-                               adapter),)
+                               adapter, garment_token_budget),)
 
 
 NODE_CLASS_MAPPINGS = {"AnyDressingApply": AnyDressingApply}
