@@ -12,8 +12,8 @@ always average exactly ``p * p`` encoded tokens). Layers have fewer tokens the d
 the highest-resolution layers pool first and the deep, low-resolution ones keep every token.
 ``B = 0`` means no budget: the features are returned unchanged (the same object).
 
-What is pooled is F, the recorded GarmentsNet input; K'/V' precomputed by an adapter are pooled the
-same way (a linear projection commutes with averaging, so both give the same K'/V' up to rounding).
+What is pooled is F, the recorded GarmentsNet input; K'/V' are projected from the pooled F once per
+sampling run, which equals pooling K'/V' themselves (a linear projection commutes with averaging).
 Pooling happens once, when Apply AnyDressing runs (ComfyUI caches its result), never per step.
 Each pooled token stands for ``p * p`` encoded tokens: :func:`.attention.dressing_attention`'s
 ``token_size`` adds ``log(p * p)`` to its joint-form logits, so where the ``p x p`` cell's tokens are
@@ -90,29 +90,20 @@ def apply_budget(features: GarmentFeatures, budget: int) -> GarmentFeatures:
     """Features with at most ``budget`` garment tokens per layer (see the module docstring).
 
     Returns ``features`` itself when no layer needs pooling (no budget, or every layer within it),
-    else a new :class:`GarmentFeatures` whose ``tokens`` (and ``kv``) are pooled and whose ``pooled``
-    records each layer's total factor.
+    else a copy whose ``tokens`` are pooled and whose ``pooled`` records each layer's total factor.
     """
     if not 0 <= int(budget) <= MAX_BUDGET:
         raise AnyDressingError(f"garment token budget {budget}: use 0 (no budget) up to {MAX_BUDGET} tokens per layer")
     factors = plan(features, int(budget))
     if all(p == 1 for p in factors.values()):
         return features
-    n = features.count
-    tokens, kv, pooled = {}, None if features.kv is None else {}, dict(features.pooled)
+    out = features.to()  # the same tensors, garments, projections and form
     for key, t in features.tokens.items():
         p = factors[key]
-        hw = layer_grid(features, key)
-        tokens[key] = pool_tokens(t, hw, p)
-        if kv is not None and key in features.kv:
-            pair = features.kv[key]  # [1, N*L, C] each
-            kv[key] = pair if p == 1 else tuple(
-                pool_tokens(x.reshape(n, -1, x.shape[-1]), hw, p).reshape(1, -1, x.shape[-1]) for x in pair)
         if p > 1:
-            pooled[key] = int(features.pooled.get(key, 1)) * p
-    return GarmentFeatures(tokens=tokens, slots=list(features.slots), weights=list(features.weights),
-                           names=list(features.names), kv=kv, form=features.form, base=features.base,
-                           latent_hw=features.latent_hw, pooled=pooled)
+            out.tokens[key] = pool_tokens(t, layer_grid(features, key), p)
+            out.pooled[key] = int(features.pooled.get(key, 1)) * p
+    return out
 
 
 def garment_tokens(grids: Dict[BlockKey, Tuple[int, int]], garments: int, budget: int) -> Dict[BlockKey, int]:

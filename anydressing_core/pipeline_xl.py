@@ -13,7 +13,7 @@ and ``time_ids [B, 6]`` = original height, width, crop top, crop left, target he
   ComfyUI's CLIPTextEncode + KSampler build them (``comfy/model_base.py`` ``SDXL.encode_adm``); the negative
   prompt is encoded like any prompt, also when empty, as ComfyUI does;
 * the garment pass [choice]: the empty prompt's pooled embedding and ``(h, w, 0, 0, h, w)`` of the garment's
-  own size, the conditioning SDXL sees for a caption-less picture of that size (docs/SDXL.md says why).
+  own size (:func:`.conditioning.garment_cond`, as the nodes and the trainer build it; docs/SDXL.md says why).
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .conditioning import added_cond, garment_cond, time_ids
 from .errors import AnyDressingError
 from .keys import base_shape
 from .pipeline import AnyDressingPipeline
-
-
-def time_ids(height: int, width: int, crop_top: int = 0, crop_left: int = 0, target_height: Optional[int] = None,
-             target_width: Optional[int] = None) -> torch.Tensor:
-    """SDXL's size and crop conditioning ``[1, 6]`` in diffusers' order (ComfyUI's ``encode_adm`` order)."""
-    return torch.tensor([[height, width, crop_top, crop_left, target_height or height, target_width or width]],
-                        dtype=torch.float32)
+from .weights import load_weights
 
 
 class AnyDressingXLPipeline(AnyDressingPipeline):
@@ -52,6 +47,11 @@ class AnyDressingXLPipeline(AnyDressingPipeline):
                                    "is SDXL; load AnyDressing weights made for SDXL (base=sdxl)")
         self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
         super().__init__(unet, vae, text_encoder, tokenizer, scheduler, adapter)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
+                        scheduler) -> "AnyDressingXLPipeline":
+        return cls(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler, load_weights(path))
 
     @classmethod
     def from_pipe(cls, pipe, adapter=None) -> "AnyDressingXLPipeline":
@@ -76,17 +76,16 @@ class AnyDressingXLPipeline(AnyDressingPipeline):
     def text_context(self, prompt: str) -> torch.Tensor:
         return self.encode_prompt(prompt)[0]
 
-    def garment_conditioning(self, size: Sequence[int]) -> dict:
-        """The garment pass's ADM inputs for garments of ``size`` = (height, width) pixels."""
+    def garment_conditioning(self, size: Sequence[int], count: int) -> dict:
+        """The garment pass's ADM inputs for ``count`` garments of ``size`` = (height, width) pixels."""
         _, pooled = self.encode_prompt("")
-        h, w = int(size[0]), int(size[1])
-        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids(h, w).to(self.device, self.dtype)}}
+        return {"added_cond_kwargs": garment_cond(pooled, count, size)}
 
     @torch.no_grad()
     def encode_garments(self, garments, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
-                        size: Sequence[int] = (1024, 768), token_budget: int = 0):
+                        size: Sequence[int] = (1024, 768), masks: Optional[Sequence] = None, token_budget: int = 0):
         """As :meth:`AnyDressingPipeline.encode_garments`; SDXL's default garment size is 768x1024."""
-        return super().encode_garments(garments, slots, weights, size, token_budget)
+        return super().encode_garments(garments, slots, weights, size, masks, token_budget)
 
     def prompt_conditioning(self, prompt, negative_prompt: str, prompt_embeds, negative_prompt_embeds, cfg: bool,
                             height: int, width: int):
@@ -94,14 +93,13 @@ class AnyDressingXLPipeline(AnyDressingPipeline):
         cond, pooled = prompt_embeds if prompt_embeds is not None else \
             self.encode_prompt(prompt if prompt is not None else "")
         b = cond.shape[0]
-        ids = time_ids(height, width).to(self.device, self.dtype)
         if cfg:
             uncond, upooled = negative_prompt_embeds if negative_prompt_embeds is not None else \
                 self.encode_prompt(negative_prompt)
             cond = torch.cat([uncond.expand(b, -1, -1), cond])
             pooled = torch.cat([upooled.expand(b, -1), pooled])
-        added = {"text_embeds": pooled, "time_ids": ids.expand(cond.shape[0], -1)}
-        return cond, {"added_cond_kwargs": added}, b
+        ids = time_ids(height, width, batch=cond.shape[0], device=self.device)
+        return cond, {"added_cond_kwargs": added_cond(pooled, ids)}, b
 
     def __call__(self, *args, height: int = 1024, width: int = 1024, garment_size: Sequence[int] = (1024, 768),
                  **kwargs):

@@ -2,7 +2,7 @@
 
 Draws sample garments (numpy/opencv), starts a headless ComfyUI with this pack, and runs the multi-garment
 workflow. With a real SD1.5 checkpoint (``--checkpoint`` or ``$ANYDRESSING_CHECKPOINT``) the picture is a real
-dressing result; without one, a TINY RANDOM checkpoint is built (``nodes/tiny_models.py``, ~5 s, cached) so
+dressing result; without one, a TINY RANDOM checkpoint is built (``devtools/tiny_models.py``, ~5 s, cached) so
 everything runs end to end, and the picture is then noise by construction.
 """
 
@@ -46,13 +46,16 @@ def add_demo_args(p) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--trained", action="store_true",
+                   help="first train AnyDressing weights for a few steps on the checkpoint (CPU, minutes), then dress "
+                        "with them: trained, strength 0 and plain results side by side (anydressing_run/trained.py); "
+                        "--width sets the square image side (default 64), --steps the sampling steps (default 4)")
 
 
 def build_tiny(comfyui: Path, python: str | None = None) -> Path:
     """Build (or reuse) the tiny random checkpoint in a subprocess that imports ComfyUI; returns its path."""
-    cmd = [python or sys.executable, str(PACK_DIR / "nodes" / "tiny_models.py"), str(TINY_CACHE),
-           "--comfyui", str(comfyui)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [python or sys.executable, "-m", "devtools.tiny_models", str(TINY_CACHE), "--comfyui", str(comfyui)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PACK_DIR)
     if proc.returncode != 0:
         raise RunnerError("could not build the tiny random checkpoint:\n" + (proc.stderr or proc.stdout)[-3000:],
                           exit_code=4)
@@ -61,6 +64,10 @@ def build_tiny(comfyui: Path, python: str | None = None) -> Path:
 
 
 def cmd_demo(ns) -> int:
+    if ns.trained:
+        from .trained import cmd_trained
+
+        return cmd_trained(ns)
     from .cli import resolve_workflow
 
     out = Path(ns.output).resolve()

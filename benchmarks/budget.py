@@ -7,7 +7,7 @@ CPU time on the tiny SDXL UNet, and the fidelity cost of pooling on the syntheti
 
 1. FLOP prediction (``benchmarks.flops``): the full-size SDXL UNet (2.6 B) at 1024x1024 and 832x1216, N = 1..4
    garments encoded at the sampling size, ``--steps`` steps, budget off / ``--budget``.
-2. The tiny SDXL-family UNet of ``nodes/tiny_models.py`` (random weights, no text encoders: random conditioning)
+2. The tiny SDXL-family UNet of ``devtools/tiny_models.py`` (random weights, no text encoders: random conditioning)
    at ``--tiny-res``: the same prediction, and the CPU time of stock KSampler runs, plain and dressed (budget
    off / the budget scaled to this resolution, so it pools the same layers as ``--budget`` does at 1024 px).
    Medians of ``--repeats`` runs; process CPU time is reported beside wall time (steadier on a shared machine).
@@ -34,8 +34,8 @@ def tiny_sdxl_unet(host, seed: int = 0):
     import comfy.ops
     import comfy.sd
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from devtools import tiny_models as tiny
 
-    tiny = host.module("nodes.tiny_models")
     cfg = tiny.sdxl_unet_config()
     sd = tiny._fill(tiny._meta_state_dict(lambda: UNetModel(**cfg, operations=comfy.ops.disable_weight_init)), seed)
     model = comfy.sd.load_diffusion_model_state_dict(sd)

@@ -30,7 +30,8 @@ def unet_config(host, preset: str) -> dict:
     """``UNetModel`` keyword arguments: full-size SD1.5 / SDXL, the tiny SDXL checkpoint's UNet, or a tiny SD1.5."""
     from .harness import SD15_UNET
 
-    tiny = host.module("nodes.tiny_models")
+    from devtools import tiny_models as tiny
+
     if preset in ("sdxl", "sdxl-tiny"):
         cfg = tiny.sdxl_unet_config()
         if preset == "sdxl":

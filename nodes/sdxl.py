@@ -14,10 +14,9 @@ import logging
 
 import torch
 
-import comfy.model_base
-
 from ..anydressing_core.bases import SDXL_POOLED_CHANNELS
 from ..anydressing_core.errors import AnyDressingError
+from .host_api import model_base
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def garment_adm(model, count: int, width: int, height: int, clip=None):
             log.debug("AnyDressing: 'clip' is only read for SDXL-family models; ignored")
         return None
     adm = int(model.model.model_config.unet_config["adm_in_channels"])
-    if not isinstance(model.model, comfy.model_base.SDXL):
+    if not isinstance(model.model, model_base.SDXL):
         return torch.zeros(count, adm)  # an ADM UNet of another kind: no size conditioning we know of
     pooled_width = adm - 6 * 256
     if clip is not None:

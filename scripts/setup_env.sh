@@ -37,6 +37,7 @@ fi
 log "installing the pack's requirements and test/train extras"
 "$py" -m pip install -q -r "$repo/requirements.txt" \
   "pytest>=7" "hypothesis>=6" "playwright>=1.40" "websocket-client>=1.6" requests psutil \
+  "ruff>=0.17" "comfy-cli>=1.23" \
   "accelerate>=0.26" tensorboard matplotlib >&2
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -1,4 +1,4 @@
-"""Session fixtures: tiny random model files (nodes/tiny_models.py) built once per machine and registered
+"""Session fixtures: tiny random model files (devtools/tiny_models.py) built once per machine and registered
 with the in-process host's model folders.
 
 Enable with ``pytest_plugins = ["model_fixtures"]`` in tests/conftest.py. The cache folder is
@@ -8,6 +8,7 @@ so a changed builder rebuilds (about 5 s, ~380 MB on disk).
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -22,8 +23,9 @@ FOLDER_KEYS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "lora": 
 @pytest.fixture(scope="session")
 def tiny_models(host) -> dict:
     """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny random models (noise weights)."""
-    tiny = host.module("nodes.tiny_models")
-    return tiny.ensure_tiny_models(TINY_CACHE)
+    from devtools import tiny_models
+
+    return tiny_models.ensure_tiny_models(TINY_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +46,7 @@ def tiny_model_names(host, tiny_models) -> dict:
 def tiny_sdxl(host) -> dict:
     """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny SDXL-family files (noise weights; built
     once per machine, about 1.3 GB and 40 s)."""
-    tiny = host.module("nodes.tiny_models")
+    tiny = importlib.import_module("devtools.tiny_models")
     return tiny.ensure_tiny_sdxl_models(TINY_CACHE)
 
 

@@ -9,12 +9,13 @@ import torch
 from anydressing_core.attention import DAForm, dressing_attention
 from anydressing_core.budget import MAX_BUDGET, apply_budget, garment_tokens, layer_grid, pool_factor, pool_tokens
 from anydressing_core.errors import AnyDressingError
-from anydressing_core.features import GarmentFeatures
+from anydressing_core.features import GarmentFeatures, garment_kv
+from anydressing_core.gfe import DAProjections
 
 HIGH, LOW = ("input", 1, 0), ("middle", 0, 0)
 
 
-def features(n=2, latent_hw=(8, 8), c=16, seed=0, kv=False, blocky=False):
+def features(n=2, latent_hw=(8, 8), c=16, seed=0, projections=False, blocky=False):
     """Two layers: ``HIGH`` at the latent's grid, ``LOW`` at half of it (as a UNet's levels)."""
     gen = torch.Generator().manual_seed(seed)
     h, w = latent_hw
@@ -26,10 +27,10 @@ def features(n=2, latent_hw=(8, 8), c=16, seed=0, kv=False, blocky=False):
         else:
             grid = torch.randn(n, c, hh, ww, generator=gen)
         tokens[key] = grid.flatten(2).transpose(1, 2).contiguous()
-    f = GarmentFeatures(tokens=tokens, slots=["upper", "lower", "hat"][:n], weights=[1.0] * n, latent_hw=latent_hw)
-    if kv:
-        wk, wv = torch.randn(c, c, generator=gen), torch.randn(c, c, generator=gen)
-        f.kv = {k: (f.flat(k) @ wk, f.flat(k) @ wv) for k in tokens}
+    f = GarmentFeatures.of(tokens, ["upper", "lower", "hat"][:n], latent_hw=latent_hw, base="sdxl", form="joint")
+    if projections:
+        f.projections = DAProjections({k: (torch.randn(c, c, generator=gen), torch.randn(c, c, generator=gen))
+                                       for k in tokens})
     return f
 
 
@@ -70,16 +71,19 @@ def test_the_highest_resolution_layer_pools_first():
     again = apply_budget(out, 16)  # pooling pooled features composes
     assert again.pooled == {HIGH: 4, LOW: 2} and again.tokens[HIGH].shape == (2, 4, 16)
     assert torch.allclose(again.tokens[HIGH], apply_budget(f, 8).tokens[HIGH], atol=1e-6)
-    assert (out.slots, out.weights, out.latent_hw, f.pooled) == (f.slots, f.weights, f.latent_hw, {})
+    assert (out.slots, out.weights, out.latent_hw, out.base, out.form, f.pooled) == \
+        (f.slots, f.weights, f.latent_hw, "sdxl", "joint", {})
 
 
-def test_precomputed_kv_are_pooled_like_the_tokens():
-    f = features(kv=True)
+def test_trained_projections_travel_and_pooled_k_is_pooled_f_projected():
+    f = features(projections=True)
     out = apply_budget(f, 64)
-    wk = torch.linalg.lstsq(f.flat(HIGH)[0], f.kv[HIGH][0][0]).solution  # the projection that made K'
-    assert out.kv[HIGH][0].shape == (1, 32, 16)
-    assert torch.allclose(out.kv[HIGH][0], out.flat(HIGH) @ wk, atol=1e-4)  # pooled K' = pooled F W
-    assert out.kv[LOW][0] is f.kv[LOW][0]
+    assert out.projections is f.projections
+    like = torch.zeros(1, dtype=torch.float32)
+    full_k, _ = garment_kv(f, HIGH, None, None, like)  # [1, 2*64, C]
+    pooled_k, _ = garment_kv(out, HIGH, None, None, like)  # [1, 2*16, C]
+    want = pool_tokens(full_k.reshape(2, 64, -1), (8, 8), 2).reshape(1, 32, -1)
+    assert pooled_k.shape == (1, 32, 16) and torch.allclose(pooled_k, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("form", DAForm.ALL)
@@ -125,7 +129,7 @@ def test_grids_without_a_latent_size():
     f = features()
     f.latent_hw = None
     assert layer_grid(f, HIGH) == (8, 8)  # square grids are unambiguous
-    odd = GarmentFeatures(tokens={HIGH: torch.zeros(1, 12, 4)}, slots=["upper"], weights=[1.0])
+    odd = GarmentFeatures.of({HIGH: torch.zeros(1, 12, 4)}, ["upper"])
     with pytest.raises(AnyDressingError, match="token grid"):
         apply_budget(odd, 4)
 

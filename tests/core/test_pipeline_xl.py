@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from anydressing_core.checkpoint import export
+from anydressing_core.conditioning import time_ids
 from anydressing_core.diffusers_model import install_dressing_attention
 from anydressing_core.errors import AnyDressingError
-from anydressing_core.pipeline_xl import AnyDressingXLPipeline, time_ids
+from anydressing_core.pipeline_xl import AnyDressingXLPipeline
 from unet_configs import SD_LIKE, XL_LIKE
 
 diffusers = pytest.importorskip("diffusers")
@@ -106,7 +107,7 @@ def test_the_unet_gets_sdxl_conditioning_in_both_passes(parts):
 
 def test_time_ids_follow_comfyui_encode_adm_order():
     assert time_ids(1216, 832).tolist() == [[1216, 832, 0, 0, 1216, 832]]
-    assert time_ids(1024, 768, 8, 4, 512, 384).tolist() == [[1024, 768, 8, 4, 512, 384]]
+    assert time_ids(1024, 768, (8, 4), (512, 384)).tolist() == [[1024, 768, 8, 4, 512, 384]]
 
 
 def test_garment_token_budget_pools_once_and_zero_changes_nothing(parts):
@@ -117,7 +118,7 @@ def test_garment_token_budget_pools_once_and_zero_changes_nothing(parts):
     top = max(full.tokens, key=lambda k: full.tokens[k].shape[1])
     deep = min(full.tokens, key=lambda k: full.tokens[k].shape[1])
     assert full.tokens[top].shape[1] == 64 and pooled.tokens[top].shape[1] == 16 and pooled.token_size(top) == 4
-    assert pooled.kv[top][0].shape[1] == 32  # K'/V' pooled with the tokens: 2 garments x 16
+    assert pooled.flat(top).shape[1] == 32  # what K'/V' are projected from: 2 garments x 16
     assert torch.equal(pooled.tokens[deep], full.tokens[deep]) and pooled.token_size(deep) == 1
     assert torch.equal(run(pipe, garments=garments(), slots=["upper", "lower"], garment_token_budget=0),
                        run(pipe, garments=garments(), slots=["upper", "lower"]))

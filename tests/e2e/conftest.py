@@ -28,9 +28,9 @@ def comfyui_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_files(comfyui_path) -> dict:
-    """The tiny checkpoint / ControlNet / LoRA, built by nodes/tiny_models.py in a subprocess (shared cache)."""
-    proc = subprocess.run([sys.executable, str(PACK_DIR / "nodes" / "tiny_models.py"), str(tiny_cache()),
-                           "--comfyui", str(comfyui_path)], capture_output=True, text=True)
+    """The tiny checkpoint / ControlNet / LoRA, built by devtools/tiny_models.py in a subprocess (shared cache)."""
+    proc = subprocess.run([sys.executable, "-m", "devtools.tiny_models", str(tiny_cache()),
+                           "--comfyui", str(comfyui_path)], capture_output=True, text=True, cwd=PACK_DIR)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {k: Path(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 

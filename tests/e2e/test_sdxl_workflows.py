@@ -30,8 +30,8 @@ def png_size(path) -> tuple:
 
 @pytest.fixture(scope="module")
 def sdxl_files(comfyui_path) -> dict:
-    proc = subprocess.run([sys.executable, str(PACK_DIR / "nodes" / "tiny_models.py"), str(tiny_cache()),
-                           "--comfyui", str(comfyui_path), "--family", "sdxl"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "devtools.tiny_models", str(tiny_cache()), "--comfyui",
+                           str(comfyui_path), "--family", "sdxl"], capture_output=True, text=True, cwd=PACK_DIR)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {k: Path(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 

@@ -128,7 +128,8 @@ def test_bad_prompts_fail_clearly_and_the_next_normal_prompt_is_unchanged(client
     marker = base / "PWNED"
     torch.save({"w": torch.zeros(2), "x": Evil(marker)}, str(folder / "pickled.safetensors"))
     info = client.get_json("/object_info/AnyDressingLoader")
-    listed = info["AnyDressingLoader"]["input"]["required"]["anydressing_name"][0]
+    spec = info["AnyDressingLoader"]["input"]["required"]["anydressing_name"]
+    listed = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combos carry their options in the dict
     assert {"truncated.safetensors", "pickled.safetensors"} <= set(listed), listed
     failed(client, loader_graph(tiny_files, "truncated.safetensors"), "not a readable safetensors")
     failed(client, loader_graph(tiny_files, "pickled.safetensors"), "pickled torch file")

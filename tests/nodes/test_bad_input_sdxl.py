@@ -80,8 +80,9 @@ def adapter_for(host, model, base, folder, name):
 def taesd(host, scale):
     """A TAESD VAE as ComfyUI's VAELoader makes one for a base: ``vae_scale`` 0.18215 (taesd) / 0.13025 (taesdxl)."""
     import comfy.sd
+    from devtools import tiny_models
 
-    sd = host.module("nodes.tiny_models")._taesd_sd(2)
+    sd = tiny_models._taesd_sd(2)
     sd["vae_scale"] = torch.tensor(scale)
     return comfy.sd.VAE(sd=sd)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import garment_image
+from helpers import garment_image, make_adapter
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.slow  # the 1.2 GB tiny SDXL checkpoint
@@ -28,7 +28,7 @@ TOL = 1e-5  # relative: max|a - b| <= TOL * max|b|, as for SD1.5
 SLOTS = ["upper", "lower"]
 SIZE = 64
 
-#: the diffusers twin of nodes/tiny_models.py's SDXL UNet: three 320-wide levels, Vega's depths, 5 heads of 64
+#: the diffusers twin of devtools/tiny_models.py's SDXL UNet: three 320-wide levels, Vega's depths, 5 heads of 64
 TINY_SDXL_DIFFUSERS = dict(
     block_out_channels=(320, 320, 320), layers_per_block=2,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -54,33 +54,15 @@ def diffusers_unet(model):
     return unet.eval()
 
 
-def trained_adapter(host, unet, seed=7):
-    core = host.module("anydressing_core.diffusers_model")
-    ckpt = host.module("anydressing_core.checkpoint")
-    g = torch.Generator().manual_seed(seed)
-    gnet = core.build_garments_net(copy.deepcopy(unet), slots=SLOTS, rank=4, alpha=8)
-    da = core.install_dressing_attention(copy.deepcopy(unet), projections="copy")
-    with torch.no_grad():
-        for p in gnet.gfe.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for name, p in gnet.unet.named_parameters():
-            if name.endswith("attn1.to_v.weight"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        for p in da.projections.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    adapter = ckpt.export(gnet, da, provenance={"test": "tiny sdxl parity"})
-    assert adapter.meta.base == "sdxl"
-    del gnet, da
-    return adapter
-
-
 @pytest.fixture(scope="module")
 def setup(host, sdxl_checkpoint, tmp_path_factory):
     model, clip, vae = sdxl_checkpoint
     folder = tmp_path_factory.mktemp("anydressing_parity_sdxl")
     host.folder_paths.add_model_folder_path("anydressing", str(folder))
     unet = diffusers_unet(model)
-    trained_adapter(host, unet).save(str(folder / "parity_sdxl.safetensors"))
+    adapter, _, _ = make_adapter(host, unet, seed=7, slots=SLOTS)
+    assert adapter.meta.base == "sdxl"
+    adapter.save(str(folder / "parity_sdxl.safetensors"))
     garments_net, adapter = host.run("AnyDressingLoader", anydressing_name="parity_sdxl.safetensors", model=model)
     pos = host.run("CLIPTextEncode", clip=clip, text="a person wearing a shirt")[0]
     neg = host.run("CLIPTextEncode", clip=clip, text="")[0]
@@ -95,7 +77,7 @@ def setup(host, sdxl_checkpoint, tmp_path_factory):
 
 def garment_latents(host, s):
     garments = host.module("anydressing_core.garments")
-    prepared = [garments.prepare_garment(g.image, g.mask, SIZE, SIZE) for g in s["chain"].items]
+    prepared = [garments.place_garment(g.image, g.mask, SIZE, SIZE) for g in s["chain"].items]
     pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
     return s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
 
@@ -104,7 +86,8 @@ def test_sdxl_features_and_noise_prediction_match(host, setup):
     s = setup
     core = host.module("anydressing_core.diffusers_model")
     ckpt = host.module("anydressing_core.checkpoint")
-    time_ids = host.module("anydressing_core.pipeline_xl").time_ids
+    conditioning = host.module("anydressing_core.conditioning")
+    features = host.module("anydressing_core.features")
     cf = host.run("AnyDressingEncodeGarments", model=s["garments_net"], vae=s["vae"], garments=s["chain"], width=SIZE,
                   height=SIZE, adapter=s["adapter"], clip=s["clip"])[0]
     assert cf.base == "sdxl"
@@ -114,14 +97,17 @@ def test_sdxl_features_and_noise_prediction_match(host, setup):
     gunet.load_state_dict(full.garments_net)
     gnet = core.GarmentsNet(gunet, context=full.meta.garments_net_context, gfe=full.gfe)
     _, pooled_empty = s["clip"].encode_from_tokens(s["clip"].tokenize(""), return_pooled=True)
-    added = {"text_embeds": pooled_empty.float(), "time_ids": time_ids(SIZE, SIZE)}
+    added = conditioning.garment_cond(pooled_empty.float(), len(SLOTS), (SIZE, SIZE))  # the XL pipeline's
     latents = garment_latents(host, s)
     with torch.no_grad():
-        df = full.project(gnet.encode(latents, SLOTS, added_cond_kwargs=added), dtype=torch.float32)
-        zero_cond = full.project(gnet.encode(latents, SLOTS), dtype=torch.float32)
+        df = full.attach(gnet.encode(latents, SLOTS, added_cond_kwargs=added))
+        zero_cond = full.attach(gnet.encode(latents, SLOTS))
     assert set(cf.tokens) == set(df.tokens) and len(df.tokens) == 17 and cf.form == df.form
-    worst_f = max(max(rel_err(cf.tokens[k], df.tokens[k]), rel_err(cf.kv[k][0], df.kv[k][0]),
-                      rel_err(cf.kv[k][1], df.kv[k][1])) for k in df.tokens)
+    worst_f = 0.0
+    for k in df.tokens:
+        like = df.tokens[k].float()
+        (ck, cv), (dk, dv) = (features.garment_kv(f, k, None, None, like) for f in (cf, df))
+        worst_f = max(worst_f, rel_err(cf.tokens[k], df.tokens[k]), rel_err(ck, dk), rel_err(cv, dv))
     assert worst_f <= TOL, f"garment features differ by {worst_f:.2e} (relative)"
     # the pooled and size conditioning of the garment pass matters at this tolerance
     assert max(rel_err(zero_cond.tokens[k], df.tokens[k]) for k in df.tokens) > 10 * TOL
@@ -150,7 +136,7 @@ def test_sdxl_features_and_noise_prediction_match(host, setup):
     worst_eps = 0.0
     for x, sigma, ctx, y, cou, denoised in records:
         b = x.shape[0]
-        ids = time_ids(SIZE, SIZE).expand(b, -1)
+        ids = conditioning.time_ids(SIZE, SIZE, batch=b)
         with torch.no_grad():  # ComfyUI's ADM vector = diffusers' add-embedding input for the same pooled and size
             time_embeds = dunet.add_time_proj(ids.flatten()).reshape(b, -1)
         assert rel_err(y[:, 1280:], time_embeds) <= TOL

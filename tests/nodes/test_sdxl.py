@@ -82,7 +82,7 @@ def test_zero_shot_on_sdxl_dresses_and_strength_zero_is_the_plain_model(host, xl
     patched = xl.apply(feats)
     dressed = xl.sample(patched, steps=2)
     assert torch.isfinite(dressed).all() and not torch.equal(dressed, plain)
-    assert host.module("nodes.patch").find_shared(patched).calls >= 2 * len(feats.tokens)
+    assert host.module("nodes.patch").find_patch(patched).calls >= 2 * len(feats.tokens)
     assert torch.equal(xl.sample(xl.apply(feats, strength=0.0), steps=2), plain)
 
 
@@ -114,7 +114,7 @@ def test_lora_and_controlnet_stack_with_dressing_on_sdxl(host, xl, tiny_sdxl_nam
     undressed = xl.sample(lora, steps=1, positive=pos, negative=neg)
     dressed = xl.sample(both, steps=1, positive=pos, negative=neg)
     assert torch.isfinite(dressed).all() and not torch.equal(dressed, undressed)
-    shared = host.module("nodes.patch").find_shared(both)
+    shared = host.module("nodes.patch").find_patch(both)
     assert shared.calls > 0
     assert torch.equal(xl.sample(xl.apply(feats, model=lora, strength=0.0), steps=1, positive=pos, negative=neg),
                        undressed)
@@ -126,7 +126,7 @@ def test_portrait_832x1216_with_a_token_budget(host, xl):
     garments (2 x 48x64 tokens) 2x2 and leaves the deeper level (2 x 24x32) whole."""
     feats = xl.features([(RED, "upper"), (BLUE, "lower")], size=768, height=1024)
     patched = xl.apply(feats, garment_token_budget=4096)
-    used = host.module("nodes.patch").find_shared(patched).features
+    used = host.module("nodes.patch").find_patch(patched).features
     sizes = {k: (feats.tokens[k].shape[1], used.tokens[k].shape[1]) for k in feats.tokens}
     assert {a for a, b in sizes.values()} == {3072, 768}
     assert all(b == a // 4 if a == 3072 else b == a for a, b in sizes.values()), sizes
@@ -176,19 +176,18 @@ def test_sd15_model_ignores_a_connected_clip(host, g):
 def test_budget_input_missing_zero_or_roomy_gives_the_same_picture(host, g):
     """Graphs saved before the input existed do not send it: they must sample exactly as before."""
     feats = g.features([(RED, "upper"), (BLUE, "lower")])
-    old_graph = host.nodes.NODE_CLASS_MAPPINGS["AnyDressingApply"]().apply(
-        g.model, feats, 0.7, 0.0, 1.0, "auto", PAPER)[0]
+    old_graph = g.apply(feats)  # the node called without garment_token_budget, as an old API graph does
     reference = g.sample(old_graph, steps=1)
     for budget in (0, 4096):  # 4096 >= every layer's 2 x 64 tokens: nothing pools
         patched = g.apply(feats, garment_token_budget=budget)
-        assert host.module("nodes.patch").find_shared(patched).features is feats
+        assert host.module("nodes.patch").find_patch(patched).features is feats
         assert torch.equal(g.sample(patched, steps=1), reference)
 
 
 def test_budget_pools_the_highest_resolution_layers_once_and_changes_the_picture(host, g, monkeypatch):
     feats = g.features([(RED, "upper"), (BLUE, "lower"), (GREEN, "hat")], size=128)  # layers of 16x16 and 8x8
     patched = g.apply(feats, garment_token_budget=3 * 64)
-    shared = host.module("nodes.patch").find_shared(patched)
+    shared = host.module("nodes.patch").find_patch(patched)
     used = shared.features
     for key, t in feats.tokens.items():
         want = t.shape[1] // 4 if t.shape[1] == 256 else t.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import pytest
@@ -36,7 +37,7 @@ def test_checkpoint_is_detected_as_an_sdxl_model(host, sdxl_checkpoint):
     assert type(model.model.latent_format).__name__ == "SDXL"
     keys = set(host.module("nodes.common").attn1_modules(model.model.diffusion_model))
     assert ("middle", 0, 1) in keys and ("output", 0, 1) in keys and len(keys) == 17
-    assert abs(float(vae.first_stage_model.vae_scale.detach()) - host.module("nodes.tiny_models").TAESDXL_SCALE) < 1e-4
+    assert abs(float(vae.first_stage_model.vae_scale.detach()) - importlib.import_module("devtools.tiny_models").TAESDXL_SCALE) < 1e-4
 
 
 def test_text_encoders_give_sdxl_conditioning(prompts):
@@ -81,7 +82,7 @@ def test_controlnet_and_lora_load_and_change_the_sample(host, sdxl_checkpoint, p
 
 def test_built_once_per_builder_version(host, tiny_sdxl, tmp_path):
     """A second call reuses the files (no rewrite); the cache folder names the builder version."""
-    tiny = host.module("nodes.tiny_models")
+    tiny = importlib.import_module("devtools.tiny_models")
     stamp = tiny_sdxl["folder"] / "built.json"
     before = (stamp.stat().st_mtime_ns, tiny_sdxl["checkpoint"].stat().st_mtime_ns)
     again = tiny.ensure_tiny_sdxl_models(tiny_sdxl["folder"].parent)

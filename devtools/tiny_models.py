@@ -5,7 +5,7 @@ What they ARE good for is exercising the real ComfyUI loaders and samplers end t
 
 - ``build_tiny_sd15``: an SD1.5 checkpoint that ``CheckpointLoaderSimple`` detects as ``SD15``
   (``model_channels=320``, ``context_dim=768``, conv ``proj_in``, 4 input channels, an input-block
-  transformer; HOST.md "Tiny SD1.5 checkpoints for tests"), the real CLIP-L text encoder layout, and a
+  transformer: what ComfyUI's model detection keys on; the other sizes are free), the real CLIP-L text encoder layout, and a
   TAESD VAE (``first_stage_model.taesd_encoder/decoder.*``) so VAEEncode and VAEDecode work.
 - ``build_tiny_controlnet``: an LDM-format ControlNet (``comfy.cldm.cldm.ControlNet``) for the same UNet config.
 - ``build_tiny_lora``: kohya-format low-rank pairs on the tiny UNet's attention projections.
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = 1
 
 PRESETS = {
-    # HOST.md: 13.6 M UNet, no output-block transformers, no middle transformer.
+    # 13.6 M UNet, no output-block transformers, no middle transformer.
     "smallest": dict(num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                      transformer_depth_output=[0, 0], transformer_depth_middle=-2),
-    # HOST.md: 44 M UNet, 7 transformer blocks named like real SD1.5 (input 1,2; middle 0; output 0..3).
+    # 44 M UNet, 7 transformer blocks named like real SD1.5 (input 1,2; middle 0; output 0..3).
     "recommended": dict(num_res_blocks=[1, 1], channel_mult=[1, 1], transformer_depth=[1, 1],
                         transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1),
 }
@@ -371,29 +371,24 @@ def ensure_tiny_sdxl_models(folder, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python nodes/tiny_models.py OUT_FOLDER [--comfyui PATH]``: build (or reuse) the tiny models and print
-    their paths as JSON. Used by the headless runner's demo, which itself never imports ComfyUI."""
+    """``python -m devtools.tiny_models OUT_FOLDER [--comfyui PATH]`` (from the repo root): build (or reuse) the
+    tiny models and print their paths as JSON. Used by the headless runner's demo, which never imports ComfyUI."""
     import argparse
-    import sys
+
+    from .comfy_host import prepare
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder")
-    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(Path.home() / "ComfyUI")))
+    parser.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_PATH, else ~/ComfyUI)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="recommended", choices=sorted(PRESETS))
     parser.add_argument("--family", default="sd15", choices=["sd15", "sdxl"],
                         help="sdxl: the tiny SDXL-family files (about 1.3 GB; --preset does not apply)")
     ns = parser.parse_args(argv)
-    host = Path(ns.comfyui).expanduser()
-    if not (host / "comfy").is_dir():
+    host = Path(ns.comfyui).expanduser() if ns.comfyui else None
+    if host is not None and not (host / "comfy").is_dir():
         parser.error(f"no ComfyUI at {host} (expected a folder with comfy/ and main.py): pass --comfyui")
-    sys.path.insert(0, str(host))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-
-    args.cpu = True  # before comfy.model_management is imported (HOST.md)
+    prepare(host)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if ns.family == "sdxl":
         paths = ensure_tiny_sdxl_models(ns.folder, seed=ns.seed)
