@@ -127,11 +127,10 @@ def pixel_difference(a: Path, b: Path) -> float:
 
 def cmd_trained(ns) -> int:
     from .client import ComfyClient
-    from .demo import NOISE_BANNER, build_tiny
+    from .tiny import NOISE_BANNER, build_tiny
     from .run import Substitutions, run_workflow
     from .samples import write_samples
     from .server import ComfyServer, find_comfyui
-    from .workflow_specs import GARMENT_FILES
 
     if ns.server:
         raise RunnerError("the demo starts its own ComfyUI (it needs the trained file in its model folders); drop --server")
@@ -152,7 +151,7 @@ def cmd_trained(ns) -> int:
     export = Path(result["export"])
     print(f"trained in {result['seconds']:.1f} s: {export}")
     samples = write_samples(out / "inputs", size=size, seed=0)
-    garments = [(slot, samples[GARMENT_FILES[slot]]) for slot in SLOTS]
+    garments = [(slot, samples[slot]) for slot in SLOTS]
     prompt = f"a full-body photo of a person, {samples['caption'].replace('a mannequin ', '')}, studio"
     folders = {"checkpoints": [checkpoint.parent], "anydressing": [export.parent]}
     written = {}

@@ -16,6 +16,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from anydressing_run.sandbox import isolate_in_process
 from anydressing_run.server import find_comfyui
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,13 +50,20 @@ def node_outputs(result):
 
 
 class InProcessHost:
-    """ComfyUI's modules plus this pack, loaded in this process."""
+    """ComfyUI's modules plus this pack, loaded in this process.
+
+    The host's input, output, temp and user folders and its database are pointed at a temporary folder first
+    (``anydressing_run.sandbox``), so nothing run in-process writes into the user's ComfyUI.
+    """
 
     def __init__(self, path=None, *, gpu: bool = False, attention: str = "default"):
         self.path = prepare(path, gpu=gpu, attention=attention)
         import comfy.model_management  # noqa: F401  (device chosen now, from the arguments above)
         import folder_paths
         import nodes
+        from comfy.cli_args import args
+
+        self.sandbox = isolate_in_process(folder_paths, args=args)
 
         self.nodes = nodes
         self.folder_paths = folder_paths

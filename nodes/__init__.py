@@ -6,9 +6,11 @@ from .garment import AnyDressingGarment
 from .host_api import ComfyExtension
 from .loader import AnyDressingLoader
 from .maps import AnyDressingAttentionMaps
+from .regions import AnyDressingRegions
 
 #: Every node of the pack, in menu order.  Node ids are public (saved workflows name them) and never change.
-NODES = [AnyDressingGarment, AnyDressingEncodeGarments, AnyDressingApply, AnyDressingAttentionMaps, AnyDressingLoader]
+NODES = [AnyDressingGarment, AnyDressingEncodeGarments, AnyDressingRegions, AnyDressingApply, AnyDressingAttentionMaps,
+         AnyDressingLoader]
 
 
 class AnyDressingExtension(ComfyExtension):

@@ -12,6 +12,7 @@ from ..anydressing_core.budget import MAX_BUDGET, apply_budget, describe
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
 from . import adapter as adapter_side
+from . import regions as region_hooks
 from .common import (Adapter, AnyDressingNode, CFGPolicy, GarmentFeaturesType, attn1_modules, check_choice,
                      diffusion_model_of, model_base)
 from .host_api import io, patcher_extension
@@ -86,7 +87,8 @@ def check_budget(budget):
 
 
 def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent=1.0, form=DAForm.AUTO,
-                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, garment_token_budget=0):
+                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, auto_regions=None,
+                   garment_token_budget=0):
     if not isinstance(features, GarmentFeatures):
         raise AnyDressingError(f"'features' must come from AnyDressing Encode Garments (got {type(features).__name__})")
     if features.count == 0:
@@ -100,6 +102,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     modules = attn1_modules(diffusion_model_of(model, "model"))
     check_features(modules, features, model_base(model))
     regions = check_regions(region_masks, features.count)
+    spec = region_hooks.spec_for(auto_regions, features, masks_given=regions is not None)
     if adapter is not None and adapter.gfe is not None and not features.gfe:
         log.warning("AnyDressing: the garments were encoded without %s's garment LoRA; connect the adapter to "
                     "AnyDressing Encode Garments too", adapter.name or "the adapter")
@@ -119,7 +122,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     sampling = patched.get_model_object("model_sampling")
     patch = DressingPatch(features, managed_store(features, model), strength,
                           sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent),
-                          form, cfg_policy, regions)
+                          form, cfg_policy, regions, region_spec=spec)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for key in modules:
         previous = existing.get(key) or existing.get(key[:2])
@@ -127,6 +130,7 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     handle = f"anydressing_{id(patch)}"
     patched.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, handle, patch.outer_sample_wrapper)
     patched.set_additional_models(handle, [patch.store])  # loaded and offloaded with the UNet
+    region_hooks.install(patched, patch)
     return patched
 
 
@@ -158,6 +162,9 @@ class AnyDressingApply(AnyDressingNode):
         io.Mask.Input("region_masks", optional=True,
                       tooltip="Optional: one mask per garment (chain order) on the output image. Pixels inside garment "
                               "k's region attend only to garment k (training-free localization)."),
+        region_hooks.Regions.Input("regions", optional=True,
+                                   tooltip="Optional, from AnyDressing Regions: automatic per-garment regions (pose, "
+                                           "attention or prompt) instead of masks."),
         io.Int.Input("garment_token_budget", default=BUDGET_DEFAULT, min=0, max=MAX_BUDGET, step=256, optional=True,
                      tooltip="Most garment tokens per self-attention layer, all garments together; 0 = no limit. Layers "
                              "above it average their garment tokens 2x2 (the highest-resolution layers first), which "
@@ -171,6 +178,6 @@ class AnyDressingApply(AnyDressingNode):
 
     @classmethod
     def execute(cls, model, features, strength, start_percent, end_percent, form, cfg_policy, adapter=None,
-                region_masks=None, garment_token_budget=0) -> io.NodeOutput:
+                region_masks=None, regions=None, garment_token_budget=0) -> io.NodeOutput:
         return io.NodeOutput(apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy,
-                                            region_masks, adapter, garment_token_budget))
+                                            region_masks, adapter, regions, garment_token_budget))

@@ -50,8 +50,10 @@ CONTRACT: Tuple[HostSymbol, ...] = (
     _f("NODE_API.io.Schema", "node schema: id, display name, category, description, inputs, outputs",
        kwargs=("node_id", "display_name", "category", "description", "inputs", "outputs")),
     _f("NODE_API.io.NodeOutput", "what execute returns", args=2),
-    _f("NODE_API.io.Custom", "typed wires GARMENTS, GARMENT_FEATURES, ANYDRESSING", args=1),
-    _f("NODE_API.io.Image.Input", "garment pictures", args=1, kwargs=("tooltip", "optional")),
+    _f("NODE_API.io.Custom", "typed wires GARMENTS, GARMENT_FEATURES, ANYDRESSING, ANYDRESSING_REGIONS; the pose "
+       "packs' POSE_KEYPOINT", args=1),
+    _f("NODE_API.io.Image.Input", "garment pictures, OpenPose pictures for regions", args=1,
+       kwargs=("tooltip", "optional")),
     _f("NODE_API.io.Image.Output", "the attention-map picture", kwargs=("id", "display_name", "tooltip")),
     _f("NODE_API.io.Mask.Input", "garment masks, region masks", args=1, kwargs=("tooltip", "optional")),
     _f("NODE_API.io.Mask.Output", "one map per garment", kwargs=("id", "display_name", "tooltip")),
@@ -59,8 +61,10 @@ CONTRACT: Tuple[HostSymbol, ...] = (
     _f("NODE_API.io.Model.Output", "the patched MODEL, the loaded GarmentsNet",
        kwargs=("id", "display_name", "tooltip")),
     _f("NODE_API.io.Vae.Input", "garment pictures to latents", args=1, kwargs=("tooltip",)),
-    _f("NODE_API.io.Clip.Input", "empty-prompt context for peer weights; SDXL's garment-pass pooled embedding", args=1,
-       kwargs=("tooltip", "optional")),
+    _f("NODE_API.io.Clip.Input", "empty-prompt context for peer weights; the tokenizer of prompt regions; SDXL's "
+       "garment-pass pooled embedding", args=1, kwargs=("tooltip", "optional")),
+    _f("NODE_API.io.String.Input", "the prompt text and garment words of prompt regions",
+       args=1, kwargs=("optional", "multiline", "default", "tooltip")),
     _f("NODE_API.io.ClipVision.Input", "IMAGDressing's garment tokens", args=1, kwargs=("tooltip", "optional")),
     _f("NODE_API.io.Conditioning.Input", "the prompt for the attention maps", args=1, kwargs=("tooltip",)),
     _f("NODE_API.io.Latent.Input", "the sampled latent for the attention maps", args=1, kwargs=("tooltip",)),
@@ -68,7 +72,7 @@ CONTRACT: Tuple[HostSymbol, ...] = (
        args=1, kwargs=("default", "min", "max", "step", "tooltip", "optional")),
     _f("NODE_API.io.Int.Input", "garment size, seed, garment token budget", args=1,
        kwargs=("default", "min", "max", "step", "tooltip", "optional")),
-    _f("NODE_API.io.Combo.Input", "slot, form, CFG policy, mask mode, weight files",
+    _f("NODE_API.io.Combo.Input", "slot, form, CFG policy, mask mode, weight files, region source",
        args=1, kwargs=("options", "default", "tooltip", "optional")),
     _f("NODE_API.ComfyExtension", "registers the node list (comfy_entrypoint)"),
     # --- patching the UNet: public ModelPatcher setters, wrappers, additional models
@@ -77,6 +81,8 @@ CONTRACT: Tuple[HostSymbol, ...] = (
     _m("comfy.model_patcher.ModelPatcher.clone", "patch a copy, never the MODEL we were given"),
     _m("comfy.model_patcher.ModelPatcher.set_model_attn1_replace", "Dressing-Attention on every self-attention",
        args=4),
+    _m("comfy.model_patcher.ModelPatcher.set_model_attn2_patch", "prompt regions: where each garment's words are read "
+       "(a list entry, so other packs' attn2 patches and replaces keep running)", args=1),
     _m("comfy.model_patcher.ModelPatcher.add_wrapper_with_key", "per-sampling-run state (K'/V' once per run)",
        args=3),
     _m("comfy.model_patcher.ModelPatcher.set_additional_models", "garment features loaded/offloaded with the UNet",
@@ -104,7 +110,8 @@ CONTRACT: Tuple[HostSymbol, ...] = (
     _m("comfy.sd.VAE.encode", "garment pictures [N, H, W, 3] -> latents", args=1),
     _a("VAE.latent_channels", "refuse a VAE of another latent space"),
     _a("VAE.first_stage_model.vae_scale", "a TAESD's latent scale, which says its base (refuse the other base's)"),
-    _m("comfy.sd.CLIP.tokenize", "the empty prompt for peer weights trained with it", args=1),
+    _m("comfy.sd.CLIP.tokenize", "the empty prompt for peer weights trained with it; the prompt's token ids for "
+       "prompt regions", args=1),
     _m("comfy.sd.CLIP.encode_from_tokens", "the empty prompt's embedding (and SDXL's pooled one)", args=1,
        kwargs=("return_pooled",)),
     _m("comfy.clip_vision.ClipVisionModel.encode_image", "IMAGDressing's garment image tokens", args=1),
@@ -139,7 +146,7 @@ CONVENTIONS: Tuple[Tuple[str, str], ...] = (
     ("transformer_options.patches.attn1_patch", "see and record F, the normed input of self-attention (garment "
      "pass); GFE LoRA input"),
     ("transformer_options.patches.attn1_output_patch", "GFE LoRA on the output projection"),
-    ("transformer_options.patches.attn2_patch", "peer weights' own GarmentsNet context"),
+    ("transformer_options.patches.attn2_patch", "peer weights' own GarmentsNet context; prompt regions' word maps"),
     ("transformer_options.patches.attn2_output_patch", "GarmentsNet without text cross-attention [paper]"),
     ("transformer_options.patches_replace.attn1", "Dressing-Attention, keyed (block, id, index)"),
     ("transformer_options.patches_replace.attn2", "skip the removed cross-attention of GarmentsNet"),
@@ -150,4 +157,6 @@ CONVENTIONS: Tuple[Tuple[str, str], ...] = (
     ("extra_options.sigmas", "the noise level of the current step"),
     ("extra_options.original_shape", "latent size, to map region masks onto a layer's tokens"),
     ("extra_options.optimized_attention_override", "another pack's attention kernel, honoured by our calls"),
+    ("outer_sample.args[0]", "the OUTER_SAMPLE wrapper's first argument is the run's noise [B, C, h, w] (automatic "
+     "regions read the latent size from it)"),
 )

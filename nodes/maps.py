@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
+from ..anydressing_core.maps_picture import render_maps_picture
+from . import regions as region_hooks
 from .common import AnyDressingNode, latent_channels
 from .host_api import io, sample, samplers
 from .patch import MapStore, find_patch
 
 AT_PERCENT_MAX = 0.99
-
-# colour maps cycle per garment so the panels are easy to tell apart
-_COLORMAPS = [cv2.COLORMAP_INFERNO, cv2.COLORMAP_VIRIDIS, cv2.COLORMAP_JET, cv2.COLORMAP_MAGMA]
 
 
 def average_maps(store: MapStore, out_hw) -> torch.Tensor:
@@ -31,19 +28,10 @@ def average_maps(store: MapStore, out_hw) -> torch.Tensor:
     return (acc / len(store.maps)).clamp(0, 1)
 
 
-def maps_picture(maps: torch.Tensor, names) -> torch.Tensor:
-    """Side-by-side panels, one per garment, labelled: IMAGE ``[1, H, W*N, 3]``."""
-    panels = []
-    top = max(float(maps.max()), 1e-6)  # one scale for all panels, so garments' shares compare
-    for i, m in enumerate(maps):
-        a = m.numpy() / top
-        img = cv2.applyColorMap((a * 255).astype(np.uint8), _COLORMAPS[i % len(_COLORMAPS)])
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        label = names[i] if i < len(names) else str(i + 1)
-        scale = max(0.3, img.shape[1] / 400)
-        cv2.putText(img, label, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
-        panels.append(img)
-    return torch.from_numpy(np.concatenate(panels, axis=1).astype(np.float32) / 255.0)[None]
+def maps_picture(maps: torch.Tensor, names, thumbnails=None) -> torch.Tensor:
+    """The core's attention-map picture of ``maps [N, H, W]`` as an IMAGE ``[1, H', W', 3]``."""
+    picture = render_maps_picture(maps.float().cpu().numpy(), names, thumbnails)
+    return torch.from_numpy(picture.image)[None]
 
 
 def check_at_percent(at_percent):
@@ -53,7 +41,7 @@ def check_at_percent(at_percent):
 
 
 def attention_maps(model, positive, latent, at_percent, seed):
-    """``(maps picture [1, H, W*N, 3], maps [N, H, W])`` of the patched ``model`` at one noise level."""
+    """``(maps picture [1, H', W', 3], maps [N, H, W])`` of the patched ``model`` at one noise level."""
     patch = find_patch(model)
     if patch is None:
         raise AnyDressingError("this MODEL carries no AnyDressing patch; connect the MODEL output of AnyDressing Apply")
@@ -75,6 +63,8 @@ def attention_maps(model, positive, latent, at_percent, seed):
         raise AnyDressingError(
             f"at_percent {at_percent} lies outside the AnyDressing Apply node's start/end range; choose a value "
             "inside it")
+    hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+    used = region_hooks.used_regions(patch, hw)  # before this node's own run replaces them
     probe = model.clone()
     store = MapStore()
     probe.model_options.setdefault("transformer_options", {})[MapStore.OPTION] = store
@@ -84,9 +74,12 @@ def attention_maps(model, positive, latent, at_percent, seed):
                          samples, disable_pbar=True, seed=seed)
     if not store.maps:
         raise AnyDressingError("no garment maps were recorded; is the model's AnyDressing active at this noise level?")
-    hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
     maps = average_maps(store, hw)
-    return maps_picture(maps, patch.features.names), maps
+    thumbnails = [g.image for g in patch.features.garments]  # None where only the slot is known: a swatch
+    picture = maps_picture(maps, patch.features.names, thumbnails if all(t is not None for t in thumbnails) else None)
+    if used is not None:  # a second row: the regions in force (bright = may attend)
+        picture = torch.cat([picture, maps_picture(*used)], dim=1)
+    return picture, maps
 
 
 class AnyDressingAttentionMaps(AnyDressingNode):
@@ -103,7 +96,8 @@ class AnyDressingAttentionMaps(AnyDressingNode):
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the re-noising."),
     ]
     outputs = [
-        io.Image.Output("maps_image", display_name="maps_image", tooltip="One coloured panel per garment, side by side."),
+        io.Image.Output("maps_image", display_name="maps_image",
+                        tooltip="One row per garment: its thumbnail, its map in its own colour and a colour scale."),
         io.Mask.Output("garment_masks", display_name="garment_masks", tooltip="One map per garment (chain order), 0..1."),
     ]
 

@@ -20,6 +20,7 @@ import torch
 
 from ..anydressing_core.attention import DAForm, dressing_attention, masks_to_tokens, split_rows, tokens_hw
 from ..anydressing_core.features import BlockKey, GarmentFeatures, key_to_str, project_garments
+from . import regions as region_hooks
 from .common import CFGPolicy, attn1_modules
 from .host_api import model_management, model_patcher, optimized_attention
 
@@ -78,6 +79,7 @@ class RunState:
         self.regions = {}
         self.settings_tensors = {}  # dressing_attention's cache of bias rows and weight scales, shared by layers
         self.step = (None, True)  # (sigmas tensor of the current step, active at that step)
+        self.auto_regions = None  # the run's automatic regions (nodes/regions.py RegionRun), if any
         # the UNet's attn1 modules by key, found once per UNet (walking every module costs ~1 ms per run on
         # a tiny model); weak, so a cached entry never keeps a freed model's modules alive
         self._modules_of = weakref.WeakKeyDictionary()
@@ -111,7 +113,7 @@ class DressingPatch:
     """Settings, garment store and per-run state of one AnyDressing Apply, shared by all its layer replaces."""
 
     def __init__(self, features: GarmentFeatures, store, strength: float, sigma_start: float, sigma_end: float,
-                 form: str, cfg_policy: str, regions: Optional[torch.Tensor] = None):
+                 form: str, cfg_policy: str, regions: Optional[torch.Tensor] = None, region_spec=None):
         self.features = features
         self.store = store  # ModelPatcher of a GarmentStore
         self.strength = float(strength)
@@ -119,6 +121,8 @@ class DressingPatch:
         self.form = form
         self.cfg_policy = cfg_policy
         self.regions = regions  # [N, H, W] in image space, or None
+        self.region_spec = region_spec  # automatic regions (anydressing_core.regions.RegionSpec), or None
+        self.last_regions = None  # [N, H, W] the automatic regions of the last run, for the maps picture
         self.state = RunState()
         self.calls = 0  # DA evaluations, for tests and benchmarks
 
@@ -132,9 +136,15 @@ class DressingPatch:
     def outer_sample_wrapper(self, executor, *args, **kwargs):
         guider = executor.class_obj
         self.state.begin(guider.model_patcher.model.diffusion_model)
+        outermost = self.state.depth == 1
         try:
+            if outermost:
+                region_hooks.begin_run(self, args, guider.model_patcher.model.diffusion_model,
+                                       guider.model_patcher.load_device)
             return executor(*args, **kwargs)
         finally:
+            if outermost:
+                region_hooks.end_run(self)
             self.state.end()
 
     def active(self, extra) -> bool:
@@ -148,6 +158,8 @@ class DressingPatch:
         on = self.sigma_end <= sigma <= self.sigma_start
         if self.state.depth > 0:  # remember only inside a run: the cache dies with it
             self.state.step = (sigmas, on)
+            if self.state.auto_regions is not None:  # automatic regions: close the last step's vote, once per step
+                self.state.auto_regions.plan.begin_step()
         return on
 
     def garment_kv(self, key: BlockKey, like: torch.Tensor):
@@ -222,6 +234,11 @@ class DressingReplace:
 
         def dressed(rows: slice):
             qq, kk, vv = q[rows], k[rows], v[rows]
+            regs, calls_cache = regions, cache
+            run = patch.state.auto_regions
+            if run is not None:  # automatic regions, per layer size and step (nodes/regions.py)
+                regs = region_hooks.layer_regions(run, extra_options, qq, gk, heads, lengths, qq.shape[0] == q.shape[0])
+                calls_cache = run.plan.step_cache if run.plan.dynamic else cache
             if patch.form == DAForm.JOINT and self.previous is not None:
                 # another pack owns this attention: hand it the concatenated tokens (weights not applicable)
                 batch = qq.shape[0]
@@ -229,9 +246,9 @@ class DressingReplace:
                                      torch.cat([vv, gv.expand(batch, -1, -1)], 1), extra_options)
             out = dressing_attention(
                 qq, kk, vv, gk, gv, heads, lengths, strength=patch.strength, form=patch.form,
-                weights=patch.features.weights, regions=regions, return_maps=store is not None,
+                weights=patch.features.weights, regions=regs, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b, c, h, mask=None: self._plain(a, b, c, extra_options),
-                cache=cache, token_size=patch.features.token_size(self.key),
+                cache=calls_cache, token_size=patch.features.token_size(self.key),
             )
             if store is not None:
                 out, maps = out

@@ -15,7 +15,7 @@ from devtools.comfy_host import InProcessHost
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["model_fixtures"]
+pytest_plugins = ["model_fixtures", "host_guard"]
 
 
 def find_host() -> Path | None:

@@ -241,12 +241,13 @@ def train_setting(base: TinyUNet, data, setting: str, cfg: Config) -> (Dresser, 
 
 
 @torch.no_grad()
-def sample(model: Dresser, data, cfg: Config, setting: str):
+def sample(model: Dresser, data, cfg: Config, setting: str, regions=None):
     """DDIM (eta 0, ``cfg.sample_steps`` steps, x0 clipped) from fixed noise, no CFG [choice].
 
     Garment features are computed once at t=0 and reused at every step [paper].
     Returns images ``[n, 3, S, S]`` in [-1, 1] and maps ``[n, N, S, S]`` (A_k averaged over DA
     layers and over five evenly spaced steps [choice, for time], bilinearly resized; None for ``none``).
+    ``regions`` (``benchmarks/ablation/regions.py``) is told of every step and gives each DA layer its regions.
     """
     n, size = data["person"].shape[0], cfg.size
     gen = torch.Generator().manual_seed(cfg.seed + 3)
@@ -260,6 +261,9 @@ def sample(model: Dresser, data, cfg: Config, setting: str):
     every = max(1, cfg.sample_steps // 5)
     for i, t in enumerate(ts):
         ctx = Ctx() if feats is None else model.ctx(feats, count, want_maps=i % every == 0)
+        if regions is not None and feats is not None:
+            regions.begin_step(i)
+            ctx.regions = regions.layer
         pred = model.dress(z, t.float().expand(n), pose, ctx)
         for a in ctx.maps.values():
             hw = int(round(a.shape[1] ** 0.5))

@@ -18,7 +18,7 @@ import pytest
 
 from anydressing_run.client import ComfyClient
 from anydressing_run.run import run_workflow
-from anydressing_run.samples import write_samples
+from anydressing_run.samples import upload_samples
 from anydressing_run.server import PACK_DIR, ComfyServer
 from e2e_support import OUR_NODES, RUNNABLE, load_api, quick_substitutions
 
@@ -54,12 +54,11 @@ def servers(comfyui_path, tiny_files, tmp_path_factory):
     started = []
     try:
         for name, extra, load_pack in (("v3", {}, True), ("classic", {"custom_nodes": [classic_nodes]}, False)):
-            base = root / f"base-{name}"
-            write_samples(base / "input", size=64, seed=0)
-            srv = ComfyServer(comfyui_path, cpu=True, base_directory=base, model_folders={**models, **extra},
-                              load_pack=load_pack)
+            srv = ComfyServer(comfyui_path, cpu=True, base_directory=root / f"base-{name}",
+                              model_folders={**models, **extra}, load_pack=load_pack)
             srv.start()
             started.append(srv)
+            upload_samples(ComfyClient(srv.url))  # the pictures the shipped workflows name
             info = ComfyClient(srv.url).object_info()
             missing = [n for n in OUR_NODES if n not in info]
             assert not missing, f"{name} pack did not load ({missing} missing):\n{srv.log_tail(60)}"

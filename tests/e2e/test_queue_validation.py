@@ -8,6 +8,7 @@ import copy
 import pytest
 
 from anydressing_run.errors import RunnerError
+from anydressing_run.workflow_specs import sample
 from e2e_support import load_api
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def graph(tiny_files) -> dict:
         elif c == "KSampler":
             i["steps"] = 1
         elif c == "LoadImage":
-            i["image"] = "anydressing_upper.png"
+            i["image"] = sample("upper")
     return g
 
 

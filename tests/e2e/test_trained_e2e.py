@@ -19,12 +19,13 @@ from anydressing_core.checkpoint import load_checkpoint
 from anydressing_core.single_file import file_sha256
 from anydressing_run.run import Substitutions, run_workflow
 from anydressing_run.trained import dressing_graph, pixel_difference, train, write_data
+from anydressing_run.workflow_specs import sample
 
 from e2e_support import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 STEPS = 4
-GARMENTS = [("upper", "anydressing_upper.png"), ("lower", "anydressing_lower.png")]
+GARMENTS = [("upper", sample("upper")), ("lower", sample("lower"))]  # uploaded by the samples fixture
 PROMPT = "a full-body photo of a person wearing a t-shirt and trousers"
 
 

@@ -136,6 +136,13 @@ def recorded(host, tiny_model_names):
     patched.set_model_attn1_replace(attn1_replace, "input", 1, 0)
     patched.set_model_attn2_replace(attn2_replace, "input", 1, 0)
     patched.model_options["transformer_options"]["optimized_attention_override"] = override
+
+    def outer_sample(executor, *args, **kwargs):
+        seen.setdefault("outer_sample.args[0]", []).append(tuple(args[0].shape) if torch.is_tensor(args[0]) else None)
+        return executor(*args, **kwargs)
+
+    patched.add_wrapper_with_key(host.module("nodes.host_api").patcher_extension.WrappersMP.OUTER_SAMPLE, "contract",
+                                 outer_sample)
     latent = host.run("EmptyLatentImage", width=64, height=64, batch_size=1)[0]
     host.run("KSampler", model=patched, seed=0, steps=1, cfg=6.0, sampler_name="euler", scheduler="normal",
              positive=pos, negative=neg, latent_image=latent, denoise=1.0)
@@ -150,6 +157,9 @@ def _replace_calls(recorded):
 
 @pytest.mark.parametrize("convention", sorted(CONVENTIONS))
 def test_host_convention(convention, recorded):
+    if convention == "outer_sample.args[0]":
+        assert recorded.get(convention) == [(1, 4, 8, 8)], f"OUTER_SAMPLE's first argument: {recorded.get(convention)}"
+        return
     if convention.startswith("transformer_options.") or convention == "extra_options.optimized_attention_override":
         assert recorded.get(convention), f"the host never called the hook installed under {convention}"
         return
