@@ -19,7 +19,11 @@ Two forms are implemented:
   so lambda = 1 and w = 1 give the plain joint softmax.
 
 Per-garment weights ``w_k`` scale garment k's values in the separate form (the output is
-linear in V') and bias its logits in the joint form.  Optional per-garment regions
+linear in V') and bias its logits in the joint form.  Pooled garment tokens (each the mean of
+``s`` encoded tokens, :mod:`.budget`) add ``log s`` to their joint-form logits [choice, the
+proportional attention of token merging, Bolya et al. 2023], so a garment keeps its share of the
+softmax against the image's own tokens; in the separate form the offset is common to every garment
+token and cancels.  Optional per-garment regions
 (a training-free localization [choice]) restrict each pixel row to the garments whose
 region contains it; rows in no region see every garment.
 """
@@ -171,6 +175,7 @@ def dressing_attention(
     attention: AttentionFn = sdpa_attention,
     self_attention: Optional[AttentionFn] = None,
     cache: Optional[dict] = None,
+    token_size: float = 1.0,
 ):
     """Dressing-Attention for one layer.
 
@@ -192,6 +197,10 @@ def dressing_attention(
             ``regions`` stay the same (e.g. one sampling run): the tensors derived from the settings
             (weight scales, bias rows) are built once per token count and reused.
 
+        token_size: how many encoded tokens each garment token stands for (``p * p`` after a
+            ``p x p`` pooling; 1 = not pooled); the joint form adds ``log(token_size)`` to the
+            garment logits.
+
     Returns:
         ``out [B, T, C]`` or ``(out, maps)``.
     """
@@ -207,10 +216,10 @@ def dressing_attention(
     # [choice, speed] the weights, biases and flags below depend only on the layer's token count and the
     # settings, not on q/k/v: a caller that keeps those fixed (one sampling run) passes a ``cache`` dict and
     # they are built once per token count instead of ~12 small tensor ops on every call.
-    cache_key = (form, k.shape[1], tuple(lengths), q.dtype, q.device, float(strength), id(regions))
+    cache_key = (form, k.shape[1], tuple(lengths), q.dtype, q.device, float(strength), id(regions), float(token_size))
     fixed = cache.get(cache_key) if cache is not None else None
     if fixed is None:
-        fixed = _settings_tensors(form, k.shape[1], lengths, strength, weights, regions, q)
+        fixed = _settings_tensors(form, k.shape[1], lengths, strength, weights, regions, q, token_size)
         if cache is not None:
             cache[cache_key] = fixed
 
@@ -232,7 +241,7 @@ def dressing_attention(
 
 
 def _settings_tensors(form: str, own_tokens: int, lengths: Sequence[int], strength: float, weights, regions,
-                      q: torch.Tensor) -> dict:
+                      q: torch.Tensor, token_size: float = 1.0) -> dict:
     """What :func:`dressing_attention` derives from the settings alone (no q/k/v values).
 
     separate: ``value_scale`` (per-token garment weights ``[1, S, 1]``, None when all are 1) and the
@@ -250,10 +259,10 @@ def _settings_tensors(form: str, own_tokens: int, lengths: Sequence[int], streng
     # joint: one softmax over [own tokens, garment tokens], garment logits biased by log(lambda * w)
     # [choice, speed] the log-weight bias is one row [1, S] broadcast over the image tokens, never a
     # materialised [T, T+S] matrix (hosts expand a full mask per head: O(T*(T+S)) memory per call)
-    garment_bias = _per_token(torch.log((strength * w).clamp_min(0)), lengths).view(1, -1)
+    garment_bias = _per_token(torch.log((strength * token_size * w).clamp_min(0)), lengths).view(1, -1)
     if bias is not None:
         garment_bias = garment_bias + bias
-    need_bias = bias is not None or bool((strength * w_host != 1).any())
+    need_bias = bias is not None or bool((strength * token_size * w_host != 1).any())
     full_bias = None
     if need_bias:
         own_zero = torch.zeros(*garment_bias.shape[:-1], own_tokens, dtype=q.dtype, device=q.device)

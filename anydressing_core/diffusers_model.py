@@ -46,7 +46,7 @@ from .attention import DAForm, dressing_attention, masks_to_tokens, sdpa_attenti
 from .errors import AnyDressingError
 from .features import BlockKey, GarmentFeatures, GarmentsNetContext, garment_kv
 from .gfe import DEFAULT_ALPHA, DEFAULT_RANK, DAProjections, GFELoRA
-from .keys import diffusers_layer_keys
+from .keys import base_shape, diffusers_layer_keys
 
 def attn1_modules(unet) -> Dict[BlockKey, nn.Module]:
     """``{key: transformer_block.attn1}`` for every transformer block of ``unet``, ComfyUI order."""
@@ -122,12 +122,15 @@ class GarmentsNet(nn.Module):
 
     def encode(self, latents: torch.Tensor, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
                encoder_hidden_states: Optional[torch.Tensor] = None, names: Optional[Sequence[str]] = None,
-               timestep: float = 0.0, form: Optional[str] = None) -> GarmentFeatures:
+               timestep: float = 0.0, form: Optional[str] = None,
+               added_cond_kwargs: Optional[Dict[str, torch.Tensor]] = None) -> GarmentFeatures:
         """Garment latents ``[N, 4, h, w]`` (clean, one garment per row) -> :class:`GarmentFeatures`.
 
         Runs the UNet once at ``timestep`` (0 [paper]); ``tokens[key]`` is ``[N, h_l*w_l, C]``.
         ``encoder_hidden_states`` ``[N or 1, S, D]``: ignored with context ``"none"`` (zeros are
-        passed), required otherwise.
+        passed), required otherwise.  ``added_cond_kwargs``: an SDXL-shaped UNet's ``text_embeds
+        [N or 1, P]`` and ``time_ids [N or 1, 6]`` (default zeros; ``conditioning.garment_cond`` builds
+        the garment pass's).
         """
         n = latents.shape[0]
         if len(slots) != n:
@@ -143,12 +146,15 @@ class GarmentsNet(nn.Module):
         self._slot_ids = self.gfe.slot_ids(slots, latents.device) if self.gfe is not None else None
         try:
             t = torch.full((n,), float(timestep), device=latents.device)
-            self.unet(latents, t, encoder_hidden_states=encoder_hidden_states,
-                      added_cond_kwargs=_zero_added_cond(self.unet, n, latents))
+            added = _zero_added_cond(self.unet, n, latents) if added_cond_kwargs is None else \
+                {k: v.expand(n, -1) if v.shape[0] == 1 else v for k, v in added_cond_kwargs.items()}
+            self.unet(latents, t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added)
             tokens = {k: self._recording[k] for k in self.keys}
         finally:
             self._recording, self._slot_ids = None, None
-        return GarmentFeatures.of(tokens, slots, weights, names, form=form, gfe=self.gfe is not None)
+        return GarmentFeatures.of(tokens, slots, weights, names, form=form, gfe=self.gfe is not None,
+                                  base=base_shape(self.unet.config),
+                                  latent_hw=tuple(int(x) for x in latents.shape[-2:]))
 
 
 def _zero_added_cond(unet, n, like):
@@ -213,7 +219,8 @@ class DressingAttnProcessor:
         def dressed(rows: slice):
             r = regions if regions is None or regions.shape[0] == 1 else regions[rows]
             res = dressing_attention(q[rows], k[rows], v[rows], gk, gv, attn.heads, lengths, strength=st.strength,
-                                     form=form, weights=weights, regions=r, return_maps=st.record_maps)
+                                     form=form, weights=weights, regions=r, return_maps=st.record_maps,
+                                     token_size=feats.token_size(self.key))
             if st.record_maps:
                 res, maps = res
                 st.maps[self.key] = maps

@@ -49,6 +49,10 @@ class GarmentFeatures:
     block at t=0 (one row per garment, in the order of ``garments``).  ``projections`` are an adapter's
     trained Wk', Wv' (None: the sampling model's own to_k / to_v, zero-shot); K', V' are computed from them
     once per sampling run by :func:`garment_kv`.  ``form`` is the DA form the weights were trained with.
+
+    ``base`` names the model family that encoded them (``"sd15"``, ``"sdxl"``; None when unknown),
+    ``latent_hw`` the garment latent's ``(h, w)`` (each layer's token grid follows from it), and
+    ``pooled[key] = p`` says that layer's tokens are averages of ``p x p`` cells (:mod:`.budget`; absent = 1).
     """
 
     tokens: Dict[BlockKey, torch.Tensor]
@@ -57,6 +61,9 @@ class GarmentFeatures:
     form: Optional[str] = None
     #: True when an adapter's GFE LoRA ran in the garment pass that made these features
     gfe: bool = False
+    base: Optional[str] = None
+    latent_hw: Optional[Tuple[int, int]] = None
+    pooled: Dict[BlockKey, int] = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.garments)
@@ -94,6 +101,11 @@ class GarmentFeatures:
     def lengths(self, key: BlockKey) -> List[int]:
         return [int(self.tokens[key].shape[1])] * self.count
 
+    def token_size(self, key: BlockKey) -> int:
+        """How many encoded tokens each of this layer's tokens stands for (``p * p`` after pooling, else 1)."""
+        p = int(self.pooled.get(key, 1))
+        return p * p
+
     def flat(self, key: BlockKey) -> torch.Tensor:
         """All garments' tokens of one layer concatenated on the token axis: ``[1, N*L, C]``."""
         t = self.tokens[key]
@@ -107,7 +119,8 @@ class GarmentFeatures:
         def move(t):
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
         return GarmentFeatures(tokens={k: move(t) for k, t in self.tokens.items()}, garments=list(self.garments),
-                               projections=self.projections, form=self.form, gfe=self.gfe)
+                               projections=self.projections, form=self.form, gfe=self.gfe, base=self.base,
+                               latent_hw=self.latent_hw, pooled=dict(self.pooled))
 
     def __deepcopy__(self, memo):
         # Features are immutable once encoded; ComfyUI deep-copies model_options on every clone.

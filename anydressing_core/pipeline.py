@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .attention import DAForm
+from .budget import apply_budget
 from .checkpoint import AnyDressingAdapter
 from .diffusers_model import GarmentsNet, attn1_modules, install_dressing_attention
 from .errors import AnyDressingError
@@ -131,10 +132,20 @@ class AnyDressingPipeline:
             records.append(Garment(image=rgb, slot=slot, weight=float(weight), mask=m, name=name))
         return records
 
+    def text_context(self, prompt: str) -> torch.Tensor:
+        """The cross-attention context of ``prompt``, ``[1, 77, D]`` (a GarmentsNet with a text context reads it)."""
+        return self.encode_prompt(prompt)
+
+    def garment_conditioning(self, size: Sequence[int], count: int) -> dict:
+        """Extra UNet inputs of the garment pass over ``count`` garments of ``size`` = (height, width) pixels:
+        none on SD1.5."""
+        return {}
+
     @torch.no_grad()
     def encode_garments(self, garments, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
-                        size: Sequence[int] = (512, 384), masks: Optional[Sequence] = None):
-        """Garment pictures -> :class:`~.features.GarmentFeatures` (once per call); ``size`` is (height, width)."""
+                        size: Sequence[int] = (512, 384), masks: Optional[Sequence] = None, token_budget: int = 0):
+        """Garment pictures -> :class:`~.features.GarmentFeatures` (once per call); ``size`` is (height, width).
+        At most ``token_budget`` garment tokens per layer (:mod:`.budget`; 0 = all)."""
         records = self.garment_records(garments, slots, weights, masks)
         height, width = int(size[0]), int(size[1])
         placed = [place_garment(g.image, g.mask, width, height)[0] for g in records]
@@ -142,13 +153,25 @@ class AnyDressingPipeline:
         latents = self.encode_images(images).to(self.dtype)
         ctx = None
         if self.garments_net.context != GarmentsNetContext.NONE:
-            ctx = self.encode_prompt("")
-        feats = self.garments_net.encode(latents, [g.slot for g in records], encoder_hidden_states=ctx)
+            ctx = self.text_context("")
+        feats = self.garments_net.encode(latents, [g.slot for g in records], encoder_hidden_states=ctx,
+                                         **self.garment_conditioning(size, len(records)))
         feats.garments = records
         if self.adapter is not None:
-            return self.adapter.attach(feats)
+            return apply_budget(self.adapter.attach(feats), token_budget)
         feats.form = DAForm.JOINT
-        return feats
+        return apply_budget(feats, token_budget)
+
+    def prompt_conditioning(self, prompt, negative_prompt: str, prompt_embeds, negative_prompt_embeds, cfg: bool,
+                            height: int, width: int):
+        """``(encoder_hidden_states [B or 2B, 77, D], extra UNet kwargs, B)``; with CFG the unconditional rows
+        come first."""
+        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
+        b = cond.shape[0]
+        if not cfg:
+            return cond, {}, b
+        uncond = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_prompt(negative_prompt)
+        return torch.cat([uncond.expand(b, -1, -1), cond]), {}, b
 
     @torch.no_grad()
     def __call__(self, prompt: Union[str, List[str], None] = None, garments=None, slots: Sequence[str] = ("upper",),
@@ -158,24 +181,19 @@ class AnyDressingPipeline:
                  prompt_embeds: Optional[torch.Tensor] = None, negative_prompt_embeds: Optional[torch.Tensor] = None,
                  form: Optional[str] = None, region_masks: Optional[torch.Tensor] = None,
                  latents: Optional[torch.Tensor] = None, output_type: str = "pt",
-                 garment_masks: Optional[Sequence] = None):
+                 garment_masks: Optional[Sequence] = None, garment_token_budget: int = 0):
         """Returns images ``[B, 3, height, width]`` in [0, 1] (``output_type="latent"``: latents)."""
         f = self.vae_scale
         if height % f or width % f:
             raise AnyDressingError(f"height {height} and width {width} must be multiples of {f}")
-        cond = prompt_embeds if prompt_embeds is not None else self.encode_prompt(prompt if prompt is not None else "")
-        b = cond.shape[0]
+        cfg = guidance_scale > 1.0
+        ctx, unet_kwargs, b = self.prompt_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                       cfg, height, width)
         feats = None
         if garments is not None and len(garments) > 0:
-            feats = self.encode_garments(garments, slots, weights, garment_size, garment_masks)
+            feats = self.encode_garments(garments, slots, weights, garment_size, garment_masks, garment_token_budget)
         lam = strength if strength is not None else (self.adapter.default_strength if self.adapter else 0.7)
-        cfg = guidance_scale > 1.0
-        if cfg:
-            uncond = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_prompt(negative_prompt)
-            ctx = torch.cat([uncond.expand(b, -1, -1), cond])
-            rows = torch.tensor([False] * b + [True] * b)  # [paper] garments dropped with the text
-        else:
-            ctx, rows = cond, None
+        rows = torch.tensor([False] * b + [True] * b) if cfg else None  # [paper] garments dropped with the text
         shape = (b, self.unet.config.in_channels, height // f, width // f)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
@@ -186,7 +204,7 @@ class AnyDressingPipeline:
             for t in self.scheduler.timesteps:
                 x = torch.cat([latents] * 2) if cfg else latents
                 x = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(x, t, encoder_hidden_states=ctx).sample
+                eps = self.unet(x, t, encoder_hidden_states=ctx, **unet_kwargs).sample
                 if cfg:
                     e_u, e_c = eps.chunk(2)
                     eps = e_u + guidance_scale * (e_c - e_u)

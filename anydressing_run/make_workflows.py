@@ -21,7 +21,7 @@ from .errors import RunnerError
 from .server import PACK_DIR, ComfyServer
 from .samples import SHIPPED_SEED, SHIPPED_SIZE, write_samples
 from .uiformat import EXTRA_SCHEMAS, api_to_ui, complete_widgets
-from .workflow_specs import SAMPLES_DIR, THIRD_PARTY, WORKFLOWS
+from .workflow_specs import SAMPLES_DIR, SDXL_NOTE, SDXL_WORKFLOWS, THIRD_PARTY, WORKFLOWS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def render(name: str, object_info: dict) -> tuple:
         extra = (f"- **Third-party nodes**: this workflow needs {THIRD_PARTY[name]} (install it with the "
                  "ComfyUI Manager) and its FaceID models. AnyDressing itself works without it.\n")
     title = name.replace("anydressing_", "AnyDressing: ").replace("_", " ")
-    note = NOTE.format(title=title, description=description, extra=extra)
+    note = (SDXL_NOTE if name in SDXL_WORKFLOWS else NOTE).format(title=title, description=description, extra=extra)
     return graph, api_to_ui(graph, object_info, note=note)
 
 

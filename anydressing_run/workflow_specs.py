@@ -216,3 +216,79 @@ def resolve_workflow(ref: str) -> Path:
         if candidate.is_file():
             return candidate
     raise RunnerError(f"no workflow {ref!r}: not a file, and not one of: " + ", ".join(map(short_name, WORKFLOWS)))
+
+
+# --- SDXL ------------------------------------------------------------------------------------------------------
+# [choice] SDXL's 832x1216 portrait bucket; garments at 768x1024 give SDXL's first attention level (1/16 of the
+# pixels) 48x64 tokens per garment, what 384x512 gives SD1.5's (1/8). The paper's sampler settings are kept.
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_WIDTH, SDXL_HEIGHT = 832, 1216
+SDXL_GARMENT_SIZE = (768, 1024)
+# [choice] at most 4096 garment tokens per layer (one 1024 px garment's first level): three garments pool that
+# level 2x2 and keep the deeper ones whole (docs/SDXL.md has the cost and fidelity figures).
+SDXL_TOKEN_BUDGET = 4096
+SDXL_CONTROLNET = "OpenPoseXL2.safetensors"
+SDXL_NOTE = """# {title}
+
+{description}
+
+**AnyDressing** (Li et al., CVPR 2025) dresses the generated person in every garment of the
+*Garment* chain, here on an **SDXL-family** checkpoint (SDXL, Pony, Illustrious, Juggernaut, ...).
+Sampler settings follow the paper: strength (lambda) 0.7, cfg 6, DDIM 30 steps; 832x1216 output.
+
+- Put your SDXL checkpoint in the *Checkpoint* node and your garment pictures in the *Garment image* nodes
+  (plain background or transparent PNG). Its CLIP goes to *Encode Garments* too (SDXL's garment pass reads
+  the empty prompt's pooled embedding).
+- The pictures named here (`anydressing/...png`) are the pack's samples in `workflows/inputs/anydressing/`:
+  upload them into ComfyUI's `input/anydressing/` to run it as it is (see the pack's `workflows/README.md`).
+- *Apply AnyDressing* keeps at most 4096 garment tokens per layer (garment_token_budget; 0 = all).
+- *Garment attention maps* shows where each garment lands, one colour per garment, with a colour scale.
+{extra}"""
+
+
+def _sdxl_garments(g, ckpt, slots):
+    """The garment chain and Encode Garments for SDXL: the checkpoint's CLIP in, garments at 768x1024."""
+    chain = None
+    for slot in slots:
+        img = g.add("LoadImage", f"Garment image: {slot}", image=sample(slot))
+        extra = {"garments": chain} if chain is not None else {}
+        chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=img, slot=slot, weight=1.0, **extra)
+    width, height = SDXL_GARMENT_SIZE
+    return g.add("AnyDressingEncodeGarments", "Encode Garments", model=ckpt[0], vae=ckpt[2], garments=chain,
+                 width=width, height=height, clip=ckpt[1])
+
+
+def _sdxl(name, slots, prompt, pose=False):
+    g = GraphBuilder()
+    ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=SDXL_CHECKPOINT)
+    features = _sdxl_garments(g, ckpt, slots)
+    model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features,
+                  garment_token_budget=SDXL_TOKEN_BUDGET, **APPLY_DEFAULTS)
+    pos, neg = _text(g, ckpt[1], prompt)
+    if pose:
+        control = g.add("ControlNetLoader", "OpenPose ControlNet (SDXL)", control_net_name=SDXL_CONTROLNET)
+        image = g.add("LoadImage", "Pose image", image=sample("pose"))
+        applied = g.add("ControlNetApplyAdvanced", "Apply pose", positive=pos, negative=neg, control_net=control,
+                        image=image, strength=1.0, start_percent=0.0, end_percent=1.0)
+        pos, neg = applied[0], applied[1]
+    latent = g.add("EmptyLatentImage", "Output size", width=SDXL_WIDTH, height=SDXL_HEIGHT, batch_size=1)
+    _finish(g, ckpt, model, ckpt[1], pos, neg, latent, name=name)
+    return g.graph
+
+
+def sdxl_upper_lower_hat():
+    return _sdxl("sdxl_outfit", ["upper", "lower", "hat"],
+                 "a full-body photo of a man wearing a t-shirt, trousers and a hat, standing, plain studio background")
+
+
+def sdxl_openpose_controlnet():
+    return _sdxl("sdxl_openpose", ["upper", "lower"],
+                 "a full-body photo of a woman wearing a t-shirt and trousers, plain background", pose=True)
+
+
+SDXL_WORKFLOWS = {
+    "anydressing_sdxl_upper_lower_hat": (sdxl_upper_lower_hat, "SDXL: top, trousers and hat at once, 832x1216."),
+    "anydressing_sdxl_openpose_controlnet": (sdxl_openpose_controlnet, "SDXL: pose from an OpenPose ControlNet for "
+                                             "SDXL (replace the ControlNet file name), 832x1216."),
+}
+WORKFLOWS.update(SDXL_WORKFLOWS)

@@ -17,11 +17,12 @@ import torch
 import logging
 
 from ..anydressing_core.base_check import base_warning
+from ..anydressing_core.bases import check_same_base, name
 from ..anydressing_core.checkpoint import AnyDressingAdapter
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.importers import infer_unet_config
 from ..anydressing_core.keys import ldm_unet_config
-from .common import diffusion_model_of, model_channels
+from .common import diffusion_model_of, model_base, model_channels
 from .host_api import model_patcher, optimized_attention, sd, utils
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,17 @@ def check_adapter(adapter, channels: dict, what: str = "this MODEL", widths: boo
     if not isinstance(adapter, AnyDressingAdapter):
         raise AnyDressingError(f"'adapter' must come from AnyDressing Loader (got {type(adapter).__name__})")
     adapter.check_layers(channels, what, widths=widths)
+
+
+def check_base(adapter, model):
+    """Refuse weights made for another base (SD1.5 vs SDXL) than ``model``'s, naming both, before any work."""
+    if not isinstance(adapter, AnyDressingAdapter):
+        return  # check_adapter says what is wrong
+    mine = model_base(model)
+    weights = f"the AnyDressing weights {adapter.name}" if adapter.name else "the AnyDressing weights"
+    check_same_base(f"{weights} are made for", adapter.meta.base, mine,
+                    f"Load AnyDressing weights made for {name(mine)} (base={mine}), or sample with an "
+                    f"{name(adapter.meta.base)} checkpoint.")
 
 
 def warn_if_other_base(adapter, model, what: str):
@@ -147,6 +159,7 @@ def attach(adapter, features, model):
     """``features`` carrying the adapter's form and projections, after checking the adapter fits ``model``."""
     if adapter is None:
         return features
+    check_base(adapter, model)
     check_adapter(adapter, model_channels(model), "the MODEL")
     if features.projections is not None:
         return features

@@ -7,12 +7,14 @@ import logging
 import torch
 
 from ..anydressing_core.attention import DAForm
+from ..anydressing_core.bases import check_same_base
+from ..anydressing_core.budget import MAX_BUDGET, apply_budget, describe
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, key_to_str
 from . import adapter as adapter_side
 from . import regions as region_hooks
 from .common import (Adapter, AnyDressingNode, CFGPolicy, GarmentFeaturesType, attn1_modules, check_choice,
-                     diffusion_model_of)
+                     diffusion_model_of, model_base)
 from .host_api import io, patcher_extension
 from .patch import DressingPatch, DressingReplace, managed_store
 
@@ -20,10 +22,16 @@ log = logging.getLogger(__name__)
 
 #: lambda, the weight of the garment attention [paper: 0.7 at inference].
 STRENGTH_RANGE = (0.0, 2.0)
+#: What a new Apply node shows; a graph saved without the input gets 0 (no pooling) too, see docs/SDXL.md.
+BUDGET_DEFAULT = 0
 
 
-def check_features(model_modules: dict, features: GarmentFeatures):
-    """The features must come from a UNet with the same self-attention layers and widths."""
+def check_features(model_modules: dict, features: GarmentFeatures, base=None):
+    """The features must come from a model of the same base (``base``, when known) with the same
+    self-attention layers and widths."""
+    check_same_base("the garment features were encoded with", features.base, base,
+                    "Encode the garments with the MODEL you sample with (the same checkpoint's MODEL into AnyDressing "
+                    "Encode Garments).")
     missing = [key_to_str(k) for k in model_modules if k not in features.tokens]
     extra = [key_to_str(k) for k in features.tokens if k not in model_modules]
     if missing or extra:
@@ -71,8 +79,16 @@ def check_regions(region_masks, count: int):
     return regions.float().cpu()
 
 
+def check_budget(budget):
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= MAX_BUDGET:
+        raise AnyDressingError(f"garment_token_budget {budget!r}: use a whole number of tokens per layer from 0 "
+                               f"(no budget) to {MAX_BUDGET}")
+    return budget
+
+
 def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent=1.0, form=DAForm.AUTO,
-                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, auto_regions=None):
+                   cfg_policy=CFGPolicy.PAPER, region_masks=None, adapter=None, auto_regions=None,
+                   garment_token_budget=0):
     if not isinstance(features, GarmentFeatures):
         raise AnyDressingError(f"'features' must come from AnyDressing Encode Garments (got {type(features).__name__})")
     if features.count == 0:
@@ -82,8 +98,9 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
         raise AnyDressingError(problem)
     check_choice(form, DAForm.CHOICES, "form")
     check_choice(cfg_policy, CFGPolicy.ALL, "cfg_policy")
+    budget = check_budget(garment_token_budget)
     modules = attn1_modules(diffusion_model_of(model, "model"))
-    check_features(modules, features)
+    check_features(modules, features, model_base(model))
     regions = check_regions(region_masks, features.count)
     spec = region_hooks.spec_for(auto_regions, features, masks_given=regions is not None)
     if adapter is not None and adapter.gfe is not None and not features.gfe:
@@ -94,6 +111,10 @@ def apply_dressing(model, features, strength=0.7, start_percent=0.0, end_percent
     patched = model.clone()
     if strength == 0.0:
         return patched  # neutral setting: the unpatched model, bit for bit
+    pooled = apply_budget(features, budget)  # once per Apply, never per step (the same object when nothing pools)
+    if pooled is not features:
+        log.info("AnyDressing: garment token budget %d: %s", budget, describe(pooled, features))
+    features = pooled
     if form == DAForm.AUTO:
         # trained/imported weights say which form they were trained with; zero-shot uses the joint
         # (reference-attention) form [choice]: with K'=K, V'=V it keeps one normalised softmax.
@@ -120,7 +141,7 @@ class AnyDressingApply(AnyDressingNode):
              "garment features (Dressing-Attention). Connect the result to a stock KSampler. Works after LoRA loaders, "
              "with ControlNet and with IP-Adapter (which lives on cross-attention).")
     inputs = [
-        io.Model.Input("model", tooltip="The SD1.5 model you sample with (DressingNet)."),
+        io.Model.Input("model", tooltip="The SD1.5 or SDXL model you sample with (DressingNet)."),
         GarmentFeaturesType.Input("features", tooltip="From AnyDressing Encode Garments."),
         io.Float.Input("strength", default=0.7, min=STRENGTH_RANGE[0], max=STRENGTH_RANGE[1], step=0.05,
                        tooltip="lambda: weight of the garment attention (paper: 0.7). 0 = off, exactly."),
@@ -144,6 +165,10 @@ class AnyDressingApply(AnyDressingNode):
         region_hooks.Regions.Input("regions", optional=True,
                                    tooltip="Optional, from AnyDressing Regions: automatic per-garment regions (pose, "
                                            "attention or prompt) instead of masks."),
+        io.Int.Input("garment_token_budget", default=BUDGET_DEFAULT, min=0, max=MAX_BUDGET, step=256, optional=True,
+                     tooltip="Most garment tokens per self-attention layer, all garments together; 0 = no limit. Layers "
+                             "above it average their garment tokens 2x2 (the highest-resolution layers first), which "
+                             "bounds the cost at 1024 px and with many garments. SDXL at 1024 px: 4096."),
     ]
     outputs = [io.Model.Output("dressed_model", tooltip="The patched model (a clone; the input MODEL is unchanged).")]
 
@@ -157,6 +182,6 @@ class AnyDressingApply(AnyDressingNode):
 
     @classmethod
     def execute(cls, model, features, strength, start_percent, end_percent, form, cfg_policy, adapter=None,
-                region_masks=None, regions=None) -> io.NodeOutput:
+                region_masks=None, regions=None, garment_token_budget=0) -> io.NodeOutput:
         return io.NodeOutput(apply_dressing(model, features, strength, start_percent, end_percent, form, cfg_policy,
-                                            region_masks, adapter, regions))
+                                            region_masks, adapter, regions, garment_token_budget))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
+from ..anydressing_core.bases import base_of_unet_config
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import BlockKey
-from .host_api import io
+from .host_api import io, supported_models
 
 CATEGORY = "AnyDressing"
 
@@ -161,3 +162,14 @@ def latent_channels(model) -> int:
 def compute_dtype(model) -> torch.dtype:
     inner = model.model
     return getattr(inner, "manual_cast_dtype", None) or inner.get_dtype()
+
+
+def model_base(model) -> Optional[str]:
+    """``"sdxl"`` for the SDXL family ComfyUI detects (SDXL, SSD-1B, Vega, KOALA, ...), ``"sd15"`` for SD1.5,
+    else what the UNet's shape says (None when it says nothing)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if isinstance(config, supported_models.SDXL):
+        return "sdxl"
+    if isinstance(config, supported_models.SD15):
+        return "sd15"
+    return base_of_unet_config(getattr(config, "unet_config", None) or {})

@@ -7,14 +7,16 @@ import logging
 import numpy as np
 import torch
 
+from ..anydressing_core.bases import LATENT_SCALE, base_of_vae_scale, name
 from ..anydressing_core.errors import AnyDressingError
 from ..anydressing_core.features import GarmentFeatures, GarmentsNetContext, key_from_options
 from ..anydressing_core.garments import GarmentList, place_garment
 from ..anydressing_core.resampler import Resampler
 from . import adapter as adapter_side
 from .common import (Adapter, AnyDressingNode, GarmentFeaturesType, Garments, attn1_modules, compute_dtype,
-                     diffusion_model_of, latent_channels, model_channels)
+                     diffusion_model_of, latent_channels, model_base, model_channels)
 from .host_api import io, model_management, utils
+from .sdxl import garment_adm
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,17 @@ def check_vae(vae, model):
             f"the VAE makes {vae_channels}-channel latents but the model expects {model_latent} channels. Connect the "
             "VAE that belongs to this checkpoint (SD1.5 models use a 4-channel VAE)."
         )
+    # ComfyUI marks a TAESD with its base's latent scale; full-size SD1.5 and SDXL VAEs share one architecture
+    # and key set, so nothing in them says which base they belong to (docs/BAD_INPUT.md)
+    scale = getattr(getattr(vae, "first_stage_model", None), "vae_scale", None)
+    vae_base = base_of_vae_scale(float(scale.detach()) if torch.is_tensor(scale) else scale)
+    mine = model_base(model)
+    if vae_base and mine and vae_base != mine:
+        raise AnyDressingError(
+            f"the VAE is a TAESD for {name(vae_base)} (latent scale {LATENT_SCALE[vae_base]}), but the MODEL is "
+            f"{name(mine)} (latent scale {LATENT_SCALE[mine]}). Connect the {name(mine)} checkpoint's own VAE "
+            f"(or the {'taesdxl' if mine == 'sdxl' else 'taesd'} approximation)."
+        )
 
 
 def check_size(width, height):
@@ -112,7 +125,7 @@ def image_token_context(adapter, clip_vision, pixels):
 
 
 def encode_garments(model, vae, garments: GarmentList, width: int, height: int, adapter=None,
-                    clip_vision=None) -> GarmentFeatures:
+                    clip_vision=None, clip=None) -> GarmentFeatures:
     if not isinstance(garments, GarmentList) or len(garments) == 0:
         raise AnyDressingError("no garments: connect at least one AnyDressing Garment node to 'garments'")
     size_ok = check_size(width, height)
@@ -125,10 +138,12 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
         raise AnyDressingError("this UNet has no self-attention layers to take garment features from")
     keys = list(modules)
     if adapter is not None:  # before any heavy work
+        adapter_side.check_base(adapter, model)
         adapter_side.check_adapter(adapter, model_channels(model), "the MODEL")
         adapter_side.warn_if_other_base(adapter, model, "the GarmentsNet MODEL")
     placed = [place_garment(g.image, g.mask, width, height)[0] for g in garments.items]
     pixels = torch.from_numpy(np.stack(placed))
+    adm = garment_adm(model, len(placed), width, height, clip)  # SDXL: before the VAE, it may refuse the CLIP
 
     model_management.throw_exception_if_processing_interrupted()
     latents = vae.encode(pixels)
@@ -138,10 +153,7 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     x = model.model.process_latent_in(latents).to(device=device, dtype=dtype)
     n = x.shape[0]
     context_dim = model.model.model_config.unet_config.get("context_dim") or 768
-    kwargs = {}
-    if getattr(diffusion_model, "num_classes", None) is not None:
-        adm = model.model.model_config.unet_config.get("adm_in_channels")
-        kwargs["y"] = torch.zeros(n, int(adm), device=device, dtype=dtype)  # no text, no size conditioning
+    kwargs = {} if adm is None else {"y": adm.to(device=device, dtype=dtype)}
     recorder = FeatureRecorder(keys, utils.ProgressBar(len(keys)))
     options = garments_net_options(model, recorder, keys)
     context = image_token_context(adapter, clip_vision, pixels)
@@ -167,7 +179,8 @@ def encode_garments(model, vae, garments: GarmentList, width: int, height: int, 
     log.info("AnyDressing: encoded %d garments at %dx%d into %d layers (%.1f MiB)", n, width, height, len(keys),
              sum(t.numel() * t.element_size() for t in tokens.values()) / 2**20)
     features = GarmentFeatures(tokens=tokens, garments=list(garments.items),
-                               gfe=adapter is not None and adapter.gfe is not None)
+                               gfe=adapter is not None and adapter.gfe is not None, base=model_base(model),
+                               latent_hw=tuple(int(v) for v in latents.shape[-2:]))
     # the adapter's form and trained Wk'/Wv' travel with the features; K'/V' are projected once per run
     return adapter_side.attach(adapter, features, model)
 
@@ -192,6 +205,9 @@ class AnyDressingEncodeGarments(AnyDressingNode):
         io.ClipVision.Input("clip_vision", optional=True,
                             tooltip="Only for IMAGDressing weights: the CLIP vision model (ViT-H) whose garment tokens "
                                     "their resampler turns into GarmentsNet's context."),
+        io.Clip.Input("clip", optional=True,
+                      tooltip="SDXL-family models: the checkpoint's CLIP, for the empty prompt's pooled embedding the "
+                              "garment pass needs. Unconnected: zeros. SD1.5 ignores it."),
     ]
     outputs = [GarmentFeaturesType.Output("features", display_name="features",
                                           tooltip="Garment features for AnyDressing Apply.")]
@@ -205,5 +221,5 @@ class AnyDressingEncodeGarments(AnyDressingNode):
         return True if width is None or height is None else check_size(int(width), int(height))
 
     @classmethod
-    def execute(cls, model, vae, garments, width, height, adapter=None, clip_vision=None) -> io.NodeOutput:
-        return io.NodeOutput(encode_garments(model, vae, garments, width, height, adapter, clip_vision))
+    def execute(cls, model, vae, garments, width, height, adapter=None, clip_vision=None, clip=None) -> io.NodeOutput:
+        return io.NodeOutput(encode_garments(model, vae, garments, width, height, adapter, clip_vision, clip))

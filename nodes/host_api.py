@@ -31,16 +31,18 @@ except ImportError:  # a host that dropped the pinned version: keep the nodes lo
     log.warning("AnyDressing: this ComfyUI has no comfy_api.v0_0_2 (the node API the pack was tested with, "
                 "ComfyUI 0.3.64); using comfy_api.latest. Update ComfyUI-AnyDressing if nodes misbehave.")
 
+import comfy.model_base as model_base
 import comfy.model_management as model_management
 import comfy.model_patcher as model_patcher
 import comfy.patcher_extension as patcher_extension
 import comfy.sample as sample
 import comfy.samplers as samplers
 import comfy.sd as sd
+import comfy.supported_models as supported_models
 import comfy.utils as utils
 import folder_paths
 from comfy.ldm.modules.attention import optimized_attention
 
-__all__ = ["ComfyExtension", "io", "model_management", "model_patcher", "patcher_extension", "sample", "samplers",
-           "sd", "utils", "folder_paths", "optimized_attention", "CONTRACT", "CONVENTIONS", "HostSymbol", "NODE_API",
-           "PINNED_NODE_API"]
+__all__ = ["ComfyExtension", "io", "model_base", "model_management", "model_patcher", "patcher_extension", "sample",
+           "samplers", "sd", "supported_models", "utils", "folder_paths", "optimized_attention", "CONTRACT", "CONVENTIONS",
+           "HostSymbol", "NODE_API", "PINNED_NODE_API"]

@@ -39,6 +39,7 @@ def load_adapter(anydressing_name, model=None, clip=None):
                                f"({folder_paths.get_folder_paths(FOLDER)})")
     adapter = load_weights(path)
     if model is not None:
+        adapter_side.check_base(adapter, model)
         adapter_side.check_adapter(adapter, model_channels(model), "the connected MODEL")
     garments_net = adapter_side.garments_net_patcher(adapter, model)
     if adapter.garments_net is not None:

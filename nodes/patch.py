@@ -248,7 +248,7 @@ class DressingReplace:
                 qq, kk, vv, gk, gv, heads, lengths, strength=patch.strength, form=patch.form,
                 weights=patch.features.weights, regions=regs, return_maps=store is not None,
                 attention=attention, self_attention=lambda a, b, c, h, mask=None: self._plain(a, b, c, extra_options),
-                cache=calls_cache,
+                cache=calls_cache, token_size=patch.features.token_size(self.key),
             )
             if store is not None:
                 out, maps = out

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from anydressing_run.run import Substitutions
 from anydressing_run.server import PACK_DIR
-from anydressing_run.workflow_specs import THIRD_PARTY, WORKFLOWS
+from anydressing_run.workflow_specs import SDXL_WORKFLOWS, THIRD_PARTY, WORKFLOWS
 
 ARTIFACTS = PACK_DIR / "artifacts" / "e2e"
 WORKFLOWS_DIR = PACK_DIR / "workflows"
 OUR_NODES = ("AnyDressingGarment", "AnyDressingEncodeGarments", "AnyDressingApply", "AnyDressingAttentionMaps")
-RUNNABLE = [name for name in WORKFLOWS if name not in THIRD_PARTY]
+# SDXL workflows run on the tiny SDXL checkpoint in tests/e2e/test_sdxl_workflows.py (slow tier)
+RUNNABLE = [name for name in WORKFLOWS if name not in THIRD_PARTY and name not in SDXL_WORKFLOWS]
 # Overrides that keep every e2e run at about a second on 2 CPU cores (the shipped files keep the paper's values).
 QUICK = dict(steps=2, width=64, height=64, garment_size=(64, 64), seed=1)
 

@@ -566,7 +566,7 @@ def test_valid_weight_file_still_loads_after_the_bad_ones(host, g, weights):
 
 
 def _foreign_adapter(host, folder):
-    """An adapter made for an SDXL-like layer layout (3 layers, 640 wide): loadable, but fits no tiny SD1.5."""
+    """An SD1.5 adapter made for another layer layout (3 layers, 640 wide): loadable, but fits no tiny SD1.5."""
     ckpt = host.module("anydressing_core.checkpoint")
     layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]
     tensors = {}
@@ -575,7 +575,7 @@ def _foreign_adapter(host, folder):
         tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
         tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
     path = folder / "xl_adapter.safetensors"
-    ckpt.save_checkpoint(str(path), tensors, ckpt.CheckpointMeta(base="sdxl", layers=layers))
+    ckpt.save_checkpoint(str(path), tensors, ckpt.CheckpointMeta(base="sd15", layers=layers))
     return ckpt.load_checkpoint(str(path))
 
 

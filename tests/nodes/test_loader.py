@@ -76,15 +76,15 @@ def test_adapter_for_another_layer_layout_is_refused(host, base, folder):
     loader = host.module("nodes.loader")
     ckpt = host.module("anydressing_core.checkpoint")
     errors = host.module("anydressing_core.errors")
-    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]  # SDXL-like keys
-    meta = ckpt.CheckpointMeta(base="sdxl", layers=layers)
+    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]  # SDXL-like keys in weights labelled SD1.5
+    meta = ckpt.CheckpointMeta(base="sd15", layers=layers)  # (weights labelled SDXL: tests/nodes/test_bad_input_sdxl.py)
     tensors = {}
     for k in layers:
         s = f"{k[0]}.{k[1]}.{k[2]}"
         tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
         tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
     ckpt.save_checkpoint(str(folder / "xl.safetensors"), tensors, meta)
-    with pytest.raises(errors.AnyDressingError, match=r"sdxl UNet with 3 self-attention layers.*has 7"):
+    with pytest.raises(errors.AnyDressingError, match=r"sd15 UNet with 3 self-attention layers.*has 7"):
         loader.load_adapter("xl.safetensors", model=base[0])
 
 

@@ -51,5 +51,5 @@ def test_sdxl_shaped_unet_zero_shot(host, tiny_model_names, sdxl_like):
     assert torch.equal(zero, plain)
     # features of an SD1.5 model do not fit this one: a clear error, not a shape crash mid-sampling
     sd15_feats = g.features([((0.9, 0.1, 0.1), "upper")])
-    with pytest.raises(ValueError, match="another shape|channels"):
+    with pytest.raises(ValueError, match="encoded with SD1.5, but the MODEL is SDXL"):
         g.apply(sd15_feats, model=sdxl_like)
