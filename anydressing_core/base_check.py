@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from .features import BlockKey, key_from_str, key_to_str
+from .keys import diffusers_layer_keys
 
 KIND = "norm2-8"
 SAMPLES = 8
@@ -56,8 +57,6 @@ def ldm_norms(state: Mapping[str, torch.Tensor], prefix: str = "") -> Norms:
 
 def diffusers_norms(unet) -> Norms:
     """The same from a diffusers ``UNet2DConditionModel``."""
-    from .keys import diffusers_layer_keys
-
     mods = dict(unet.named_modules())
     return {key: {"weight": mods[f"{name}.norm2"].weight, "bias": mods[f"{name}.norm2"].bias}
             for name, key in diffusers_layer_keys(unet.config).items() if mods[name].norm2 is not None}

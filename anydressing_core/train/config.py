@@ -20,7 +20,7 @@ class ModelConfig:
     tokenizer: str = ""                 # folder with CLIP's vocab.json + merges.txt; default: the folder's
                                         # tokenizer/, or the host ComfyUI's comfy/sd1_tokenizer for a single file
     slots: List[str] = field(default_factory=lambda: ["upper", "lower", "hat"])  # [paper] 0 upper, 1 lower, 2 hat
-    lora_rank: int = 64                 # [choice] METHOD.md
+    lora_rank: int = 64                 # [choice] the paper gives no rank; 64 as in its sibling IMAGDressing
     lora_alpha: float = 8.0
     garments_net_trainable: str = "full"  # "full" [paper: fully trainable] or "lora" (only the GFE LoRA)
     form: str = "separate"              # [paper, Eq. 6]

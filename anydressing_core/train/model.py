@@ -1,6 +1,6 @@
 """The trainable model: GarmentsNet (+ GFE LoRA) and the DA projections, around a frozen DressingNet.
 
-GarmentsNet, the LoRA and the projections are the weights engineer's (:mod:`..diffusers_model`,
+GarmentsNet, the LoRA and the projections are the inference modules (:mod:`..diffusers_model`,
 :mod:`..gfe`); what lives here is trainer-specific: a DressingNet attn1 processor that (a) takes per-sample garment
 features ``[B, N*L, C]`` (inference shares one garment set across the batch), (b) skip the garment
 term on CFG-dropped rows, (c) hide padded garment slots and (d) record the maps A_k for IGL.
@@ -89,7 +89,7 @@ class DATrainProcessor:
 class DressingTrainModel(nn.Module):
     """Everything trainable, as ONE module so DDP/FSDP wrap it: GarmentsNet (+ GFE LoRA) and Wk'/Wv'.
 
-    GarmentsNet is the weights engineer's :class:`~anydressing_core.diffusers_model.GarmentsNet`
+    GarmentsNet is the shared :class:`~anydressing_core.diffusers_model.GarmentsNet` (the inference one)
     on a copy of the base UNet (attn2 removed [paper]).  The frozen DressingNet is held outside
     the module tree (it is not synchronised, saved or optimised); move it with :meth:`to_device`.
 

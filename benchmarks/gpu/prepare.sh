@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Run HERE (the CPU machine), once per session that is lent a GPU, before calling the device tool.
+# Run HERE (the CPU machine), once before a GPU run, on the machine that sends the job.
 # It puts what the device machine lacks into two git-ignored folders of the repo that `run` can carry:
 #   .host/ComfyUI  the host ComfyUI (from COMFYUI_PATH or ~/ComfyUI; never committed)
 #   .whl/          Python 3.12 wheels the H200 image does not have: torchsde + trampoline (ComfyUI's
 #                  samplers import it) and av (comfy_api imports it)
-# Together about 52 MiB of the 64 MiB a call may carry. Then call the device tool with
-#   run(command="bash benchmarks/gpu/run.sh", carry=[".host", ".whl"], timeout_s=560)
+# Together about 52 MiB. Then, on the GPU machine, with both folders copied along:
+#   bash benchmarks/gpu/run.sh
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 host="${COMFYUI_PATH:-$HOME/ComfyUI}"
-[ -d "$host/comfy" ] || { echo "no ComfyUI at $host: extract it first (shared/HOST.md)" >&2; exit 2; }
+[ -d "$host/comfy" ] || { echo "no ComfyUI at $host: set COMFYUI_PATH to a ComfyUI checkout" >&2; exit 2; }
 cd "$repo"
 for d in /.host/ /.whl/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
 rm -rf .host .whl && mkdir -p .host/ComfyUI .whl

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run ON the device machine (benchmarks/gpu/prepare.sh says how to get it there). One call: the full-size
+# Run ON the GPU machine (benchmarks/gpu/prepare.sh says how to get it there). One call: the full-size
 # random-weight SD1.5 benchmark at 512x512 and 576x768, N = 1..4, 20 steps, stopping new configurations after
-# LIMIT seconds (default 420) so the call ends inside the device tool's 10 minutes. Everything it prints and the
+# LIMIT seconds (default 420) so the call ends inside a 10-minute job limit. Everything it prints and the
 # result JSON land in $OUT. Extra arguments replace the default benchmark arguments (e.g. a smoke run:
 # `bash benchmarks/gpu/run.sh --gpu --res 512x512 --n 1 --steps 2 --repeats 1`).
 set -uo pipefail

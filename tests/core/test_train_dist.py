@@ -5,21 +5,18 @@ on the tiny model, so they take tens of seconds on 2 shared cores.
 """
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from anydressing_core.train.tiny import tiny_overrides, write_dataset, write_model
+from dist_support import REPO, child_env, free_port, result_line, train_cmd
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -29,37 +26,15 @@ def tiny(tmp_path_factory):
     return {"model": write_model(root / "model"), "manifest": write_dataset(root / "data", count=6), "root": root}
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _result(stdout: str) -> dict:
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-    assert lines, stdout
-    return json.loads(lines[-1])
-
-
-def _train_cmd(*args):
-    return [sys.executable, "-m", "anydressing_core.train", *args]
-
-
 def test_two_gloo_processes_finish_and_agree_on_weights(tiny):
     out = tiny["root"] / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "anydressing_core.train",
+           "--master_port", str(free_port()), "-m", "anydressing_core.train",
            *tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.max_steps=3", "run.checkpoint_every=3",
            "run.batch_size=1"]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
-    res = _result(p.stdout)
+    res = result_line(p.stdout)
     assert res["processes"] == 2 and res["step"] == 3
     assert res["weights_agree"], p.stderr[-2000:]
     ck = out / "checkpoints" / "step_00000003"
@@ -73,13 +48,13 @@ def test_two_gloo_processes_finish_and_agree_on_weights(tiny):
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny):
     steps = ["run.max_steps=5", "run.checkpoint_every=1", "run.keep_checkpoints=10"]
     ref = tiny["root"] / "ref"
-    p = subprocess.run(_train_cmd(*tiny_overrides(ref, tiny["model"], tiny["manifest"]), *steps),
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(train_cmd(*tiny_overrides(ref, tiny["model"], tiny["manifest"]), *steps),
+                       cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
 
     killed = tiny["root"] / "killed"
     args = [*tiny_overrides(killed, tiny["model"], tiny["manifest"]), *steps]
-    proc = subprocess.Popen(_train_cmd(*args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(*args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "step_00000002"
     deadline = time.time() + 500
@@ -91,7 +66,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny):
     done = sorted(p.name for p in (killed / "checkpoints").iterdir() if not p.name.startswith("."))
     assert done and done[-1] < "step_00000005", done  # it really stopped part-way
 
-    p = subprocess.run(_train_cmd("--resume", "latest", *args), cwd=REPO, env=_env(), capture_output=True,
+    p = subprocess.run(train_cmd("--resume", "latest", *args), cwd=REPO, env=child_env(), capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "resumed from" in p.stderr
@@ -104,11 +79,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny):
 
 def test_bf16_gradient_checkpointing_and_accumulation_run(tiny):
     out = tiny["root"] / "bf16"
-    p = subprocess.run(_train_cmd(*tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.max_steps=2",
+    p = subprocess.run(train_cmd(*tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.max_steps=2",
                                   "run.mixed_precision=bf16", "model.gradient_checkpointing=true", "run.grad_accum=2",
                                   "run.checkpoint_every=0"),
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                       cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
-    res = _result(p.stdout)
+    res = result_line(p.stdout)
     assert res["step"] == 2 and all(map(lambda v: v == v, [res["total"], res["ldm"]]))  # finite, not NaN
     assert (out / "anydressing.safetensors").is_file()

@@ -22,18 +22,18 @@ from anydressing_core.train import state as ckpt
 from anydressing_core.train.config import load_config
 from anydressing_core.train.tiny import tiny_overrides, write_dataset, write_model
 
-from test_train_dist import REPO, _env, _free_port, _result, _train_cmd
+from dist_support import REPO, child_env, free_port, result_line
 
 STEPS = ["run.max_steps=4", "run.checkpoint_every=1", "run.keep_checkpoints=10", "run.batch_size=1"]
 
 
 def _torchrun(*args, nproc=2):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), "-m", "anydressing_core.train", *args]
+            "127.0.0.1", "--master_port", str(free_port()), "-m", "anydressing_core.train", *args]
 
 
 def _run(cmd):
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
 
@@ -63,14 +63,14 @@ def fsdp_ref(tiny):
     """An uninterrupted 2-process FSDP run of 4 steps, checkpointed every step."""
     out = tiny["root"] / "fsdp"
     p = _run(_torchrun(*_args(tiny, out, "run.strategy=fsdp")))
-    return {"out": out, "result": _result(p.stdout), "stderr": p.stderr}
+    return {"out": out, "result": result_line(p.stdout), "stderr": p.stderr}
 
 
 @pytest.fixture(scope="module")
 def ddp_ref(tiny):
     out = tiny["root"] / "ddp"
     p = _run(_torchrun(*_args(tiny, out)))
-    return {"out": out, "result": _result(p.stdout)}
+    return {"out": out, "result": result_line(p.stdout)}
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_fsdp_sigkill_then_resume_is_bit_identical(tiny, fsdp_ref):
     killed = tiny["root"] / "killed"
     args = _args(tiny, killed, "run.strategy=fsdp")
     # a session of its own: SIGKILL reaches torchrun's agent and both workers at once, like a lost node
-    proc = subprocess.Popen(_torchrun(*args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_torchrun(*args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     first = killed / "checkpoints" / "step_00000002"
     deadline = time.time() + 500
@@ -124,7 +124,7 @@ def test_fsdp_sigkill_then_resume_is_bit_identical(tiny, fsdp_ref):
 
     p = _run(_torchrun("--resume", "latest", *args))
     assert "resumed from" in p.stderr
-    res = _result(p.stdout)
+    res = result_line(p.stdout)
     assert res["step"] == 4 and res["weight_digest"] == fsdp_ref["result"]["weight_digest"]
     _assert_equal(_weights(killed / "anydressing.safetensors"), _weights(fsdp_ref["out"] / "anydressing.safetensors"))
 
@@ -218,17 +218,17 @@ def test_crafted_sharded_metadata_is_refused_before_it_is_unpickled(tmp_path, fs
 def test_two_torchrun_nodes_train_like_two_local_processes(tiny, fsdp_ref):
     """The multi-node path: two torchrun agents (one per "node") meeting at a c10d rendezvous."""
     out = tiny["root"] / "nodes"
-    port = _free_port()
+    port = free_port()
     cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
              "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
              "--rdzv_id", "anydressing-test", "-m", "anydressing_core.train",
              *tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.max_steps=4", "run.checkpoint_every=2",
              "run.batch_size=1", "run.strategy=fsdp"] for rank in (0, 1)]
-    procs = [subprocess.Popen(c, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(c, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for c in cmds]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-3000:] for _, e in outs]
-    res = _result("".join(o for o, _ in outs))
+    res = result_line("".join(o for o, _ in outs))
     assert res["processes"] == 2 and res["step"] == 4 and res["weights_agree"]
     # same world size, same per-rank data and noise as the one-machine run: the same weights, bit for bit
     assert res["weight_digest"] == fsdp_ref["result"]["weight_digest"]
@@ -240,7 +240,7 @@ def test_fsdp_with_bf16_gradient_checkpointing_accumulation_and_samples(tiny):
     p = _run(_torchrun(*tiny_overrides(out, tiny["model"], tiny["manifest"]), "run.strategy=fsdp", "run.max_steps=2",
                        "run.batch_size=1", "run.mixed_precision=bf16", "model.gradient_checkpointing=true",
                        "run.grad_accum=2", "run.checkpoint_every=0", "run.sample_every=1"))
-    res = _result(p.stdout)
+    res = result_line(p.stdout)
     assert res["step"] == 2 and res["weights_agree"] and res["total"] == res["total"]  # finite, not NaN
     assert (out / "samples" / "step_00000002.png").is_file() and (out / "anydressing.safetensors").is_file()
 

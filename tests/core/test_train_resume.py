@@ -16,7 +16,7 @@ from anydressing_core.train import integrity
 from anydressing_core.train.config import load_config
 from anydressing_core.train.tiny import tiny_overrides, write_dataset, write_model
 
-from test_train_dist import REPO, _env, _free_port
+from dist_support import REPO, child_env, free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = ["run.max_steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=10", "run.batch_size=1"]
@@ -126,9 +126,9 @@ def _cli(ref, out, *extra, nproc=1):
         cmd = [sys.executable, "-m", "anydressing_core.train", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), "-m", "anydressing_core.train", *args]
+               "127.0.0.1", "--master_port", str(free_port()), "-m", "anydressing_core.train", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     return proc, time.perf_counter() - start
 
 
