@@ -240,23 +240,33 @@ def ensure_tiny_models(folder, seed: int = 0, preset: str = "recommended") -> di
     """Build the tiny checkpoint, ControlNet and LoRA once under ``folder/v<BUILDER_VERSION>-<preset>-s<seed>/``
     and return ``{"checkpoint": Path, "controlnet": Path, "lora": Path, "folder": Path}``. Later calls reuse the
     files (a ``built.json`` stamp is written last, so an interrupted build is redone)."""
+
+    def build(paths):
+        build_tiny_sd15(paths["checkpoint"], seed=seed, preset=preset)
+        build_tiny_controlnet(paths["controlnet"], seed=seed, preset=preset)
+        build_tiny_lora(paths["lora"], seed=seed, preset=preset)
+
+    return _build_once(Path(folder).expanduser() / f"v{BUILDER_VERSION}-{preset}-s{seed}", FILE_NAMES, build,
+                       {"builder_version": BUILDER_VERSION, "preset": preset, "seed": seed})
+
+
+def _build_once(root: Path, names: dict, build, stamp: dict) -> dict:
+    """``build(paths)`` the files ``names`` under ``root`` unless a finished build is there; ``{kind: Path, "folder"}``.
+
+    A ``built.json`` stamp is written last, so an interrupted build is redone."""
     import fcntl
 
-    root = Path(folder).expanduser() / f"v{BUILDER_VERSION}-{preset}-s{seed}"
-    paths = {kind: root / name for kind, name in FILE_NAMES.items()}
-    stamp = root / "built.json"
+    paths = {kind: root / name for kind, name in names.items()}
+    done = root / "built.json"
     root.mkdir(parents=True, exist_ok=True)
     # Several test sessions may start at once on one machine: one builds, the others wait and reuse.
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file() and all(p.is_file() for p in paths.values()):
+        if done.is_file() and all(p.is_file() for p in paths.values()):
             log.debug("reusing tiny models in %s", root)
             return {**paths, "folder": root}
-        build_tiny_sd15(paths["checkpoint"], seed=seed, preset=preset)
-        build_tiny_controlnet(paths["controlnet"], seed=seed, preset=preset)
-        build_tiny_lora(paths["lora"], seed=seed, preset=preset)
-        stamp.write_text(json.dumps({"builder_version": BUILDER_VERSION, "preset": preset, "seed": seed,
-                                     "files": {k: p.name for k, p in paths.items()}}, indent=1))
+        build(paths)
+        done.write_text(json.dumps({**stamp, "files": {k: p.name for k, p in paths.items()}}, indent=1))
     return {**paths, "folder": root}
 
 
@@ -351,23 +361,14 @@ def _sdxl_meta(kind: str, seed: int, **extra) -> dict:
 def ensure_tiny_sdxl_models(folder, seed: int = 0) -> dict:
     """Build the tiny SDXL checkpoint, ControlNet and LoRA once under ``folder/sdxl-v<SDXL_BUILDER_VERSION>-s<seed>/``
     (about 1.3 GB, ~30 s) and return ``{"checkpoint": Path, "controlnet": Path, "lora": Path, "folder": Path}``."""
-    import fcntl
 
-    root = Path(folder).expanduser() / f"sdxl-v{SDXL_BUILDER_VERSION}-s{seed}"
-    paths = {kind: root / name for kind, name in SDXL_FILE_NAMES.items()}
-    stamp = root / "built.json"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file() and all(p.is_file() for p in paths.values()):
-            log.debug("reusing tiny SDXL models in %s", root)
-            return {**paths, "folder": root}
+    def build(paths):
         build_tiny_sdxl(paths["checkpoint"], seed=seed)
         build_tiny_sdxl_controlnet(paths["controlnet"], seed=seed)
         build_tiny_sdxl_lora(paths["lora"], seed=seed)
-        stamp.write_text(json.dumps({"builder_version": SDXL_BUILDER_VERSION, "family": "sdxl", "seed": seed,
-                                     "files": {k: p.name for k, p in paths.items()}}, indent=1))
-    return {**paths, "folder": root}
+
+    return _build_once(Path(folder).expanduser() / f"sdxl-v{SDXL_BUILDER_VERSION}-s{seed}", SDXL_FILE_NAMES, build,
+                       {"builder_version": SDXL_BUILDER_VERSION, "family": "sdxl", "seed": seed})
 
 
 def main(argv=None) -> int:

@@ -7,29 +7,12 @@ import pytest
 import torch
 
 from helpers import Graph
-
-CTX = 128
+from sdxl_helpers import CTX, small_sdxl_model
 
 
 @pytest.fixture(scope="module")
 def sdxl_like(host):
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    cfg = dict(in_channels=4, out_channels=4, model_channels=64, num_res_blocks=[1, 1], channel_mult=[1, 2],
-               transformer_depth=[0, 2], transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=1,
-               context_dim=CTX, adm_in_channels=2816, num_head_channels=32, use_linear_in_transformer=True,
-               image_size=32, use_temporal_attention=False, use_temporal_resblock=False, num_classes="sequential",
-               use_spatial_transformer=True, legacy=False, dims=2)
-    config = comfy.supported_models.SDXL(cfg)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return small_sdxl_model(host)
 
 
 def test_sdxl_shaped_unet_zero_shot(host, tiny_model_names, sdxl_like):
