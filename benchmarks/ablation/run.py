@@ -1,145 +1,192 @@
-"""Run the whole ablation: data, base, every setting, sampling, scores, table, JSON and pictures."""
+"""Run the whole ablation: data, one base per seed, every (seed, setting), scores, statistics, files.
+
+Work is split into independent tasks (a base per seed, then one task per seed and setting) that
+run in this process or, with ``jobs > 1``, in forked worker processes; every task seeds its own
+generators, so the numbers do not depend on ``jobs`` or on the order tasks finish in.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
 
-from . import scores
-from .train import SETTINGS, SLOTS, VAL_OFFSET, Config, make_data, sample, train_base, train_setting
+from . import report, scores, stats
+from .settings import BY_NAME, COMPARISONS, SETTINGS, WORLDS, Setting, select
+from .train import SLOTS, TEXTURED, VAL_OFFSET, Config, check_config, make_data, sample, take, train_base, train_setting
+from .model import TinyUNet
 
 log = logging.getLogger(__name__)
 
-#: the ablation chain: each pair adds one component [paper, Table 3]
-STEPS = (("base", "gfe"), ("gfe", "gfe_igl"), ("gfe_igl", "gfe_igl_gtl"), ("zero_shot", "base"))
-QUICK = dict(size=16, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, channels=8, sample_steps=2)
-#: columns of the table: (result key, header, format)
-COLUMNS = (("loc_iou", "loc IoU ^", "{:.3f}"), ("confused", "confusion v", "{:.3f}"),
-           ("colour_err", "colour err v", "{:.1f}"), ("edge_err", "edge err v", "{:.2f}"),
-           ("pixel_err", "pixel err v", "{:.1f}"))
-
-
-def run_ablation(cfg: Config, out: str, settings: Sequence[str] = SETTINGS) -> Dict[str, object]:
-    """Train and score ``settings``; writes ``ablation.json``, ``ablation.md`` and PNGs under ``out``."""
-    os.makedirs(out, exist_ok=True)
-    t_start, cpu_start = time.time(), time.process_time()
-    timing: Dict[str, float] = {}
-    t = time.time()
-    train = make_data(cfg.n_train, cfg.size, cfg.seed)
-    val = make_data(cfg.n_val, cfg.size, cfg.seed, offset=VAL_OFFSET)
-    timing["data"] = time.time() - t
-    t = time.time()
-    base = train_base(train, cfg)
-    timing["base"] = time.time() - t
-    results, images, maps, curves, pers = {}, {}, {}, {}, {}
-    for s in settings:
-        t = time.time()
-        model, curves[s] = train_setting(base, train, s, cfg)
-        timing[f"train_{s}"] = time.time() - t
-        t = time.time()
-        images[s], maps[s] = sample(model, val, cfg, s)
-        timing[f"sample_{s}"] = time.time() - t
-        per = scores.region_scores(images[s], val["person"], val["masks"], val["garments"], val["garment_masks"])
-        if maps[s] is not None:
-            per["loc_iou"] = scores.localization_iou(maps[s], val["masks"])
-        results[s] = scores.summarize(per, list(SLOTS))
-        pers[s] = per
-        log.info("%s done: %s", s, {k: round(v["mean"], 3) for k, v in results[s].items()})
-    ref = scores.region_scores(val["person"], val["person"], val["masks"], val["garments"], val["garment_masks"])
-    results["ground_truth"] = scores.summarize(ref, list(SLOTS))
-    timing["total"] = time.time() - t_start
-    timing["total_cpu"] = time.process_time() - cpu_start
-    paired = {f"{b} - {a}": scores.paired(pers[b], pers[a]) for a, b in STEPS if a in pers and b in pers}
-    report = {"config": dataclasses.asdict(cfg), "results": results, "paired": paired, "timing_s": timing,
-              "threads": torch.get_num_threads(), "load_avg": list(os.getloadavg()),
-              "curves": {s: {k: _coarse(v) for k, v in c.items() if v} for s, c in curves.items()}}
-    with open(os.path.join(out, "ablation.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    table = format_table(results) + "\n\n" + format_paired(paired)
-    with open(os.path.join(out, "ablation.md"), "w") as f:
-        f.write(table + "\n")
-    _png(os.path.join(out, "samples.png"), picture(val, images, maps, list(settings)))
-    return report
-
-
-def format_paired(paired: Dict[str, Dict[str, Dict[str, float]]]) -> str:
-    """Markdown table of paired differences (same samples, same noise): mean ± standard error."""
-    lines = ["| added component | " + " | ".join(h.replace(" ^", "").replace(" v", "") + " diff" for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * (len(COLUMNS) + 1)]
-    for name, r in paired.items():
-        cells = [("n/a" if key not in r else (fmt.format(r[key]["mean"]) + " ± " + fmt.format(r[key]["sem"])))
-                 for key, _, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _coarse(values: List[float], points: int = 20) -> List[float]:
-    """Loss curve averaged into ``points`` chunks (keeps the JSON small)."""
-    chunks = np.array_split(np.asarray(values), min(points, len(values)))
-    return [round(float(c.mean()), 5) for c in chunks]
-
-
-def format_table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
-    """Markdown table: mean +- standard error per column (^ higher is better, v lower)."""
-    head = "| setting | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for s, r in results.items():
-        cells = []
-        for key, _, fmt in COLUMNS:
-            if key not in r or np.isnan(r[key]["mean"]):
-                cells.append("n/a")
-            else:
-                sem = r[key]["sem"]
-                cells.append(fmt.format(r[key]["mean"]) + ("" if np.isnan(sem) else " ± " + fmt.format(sem)))
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _tile(img: torch.Tensor, scale: int) -> np.ndarray:
-    a = ((img.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy().astype(np.uint8)
-    return cv2.resize(a, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-
-
-def _map_tile(m: torch.Tensor, scale: int) -> np.ndarray:
-    """Maps ``[N, S, S]`` as RGB (upper red, lower green, hat blue), each normalised to its max."""
-    m = m / m.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1)
-    rgb = torch.zeros(3, *m.shape[1:])
-    rgb[: m.shape[0]] = m[:3]
-    return _tile(rgb * 2 - 1, scale)
-
-
-def picture(val, images, maps, settings: List[str], rows: int = 4, scale: int = 3) -> np.ndarray:
-    """Samples and maps side by side: ground truth, pose, garments | per setting: image, maps."""
-    lines = []
-    for i in range(min(rows, val["person"].shape[0])):
-        tiles = [_tile(val["person"][i], scale), _tile(val["pose"][i], scale)]
-        tiles += [_tile(g, scale) for g in val["garments"][i]]
-        for s in settings:
-            tiles.append(_tile(images[s][i], scale))
-            if maps[s] is not None:
-                tiles.append(_map_tile(maps[s][i], scale))
-        sep = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
-        lines.append(np.concatenate([x for t in tiles for x in (t, sep)], 1))
-    return np.concatenate([np.pad(x, ((0, 2), (0, 0), (0, 0)), constant_values=255) for x in lines], 0)
-
-
-def _png(path: str, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+QUICK = dict(size=16, patch=2, channels=8, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, sample_steps=2,
+             seeds=(0, 1, 2))
+#: what forked workers read (set before the pool forks, so the data are shared, not copied)
+_SHARED: Dict[str, object] = {}
 
 
 def config(quick: bool = False, **overrides) -> Config:
-    """The full benchmark's config, or the seconds-long ``quick`` one, with ``overrides``."""
+    """The full benchmark's config, or the seconds-long ``quick`` one, with ``overrides`` (None = keep)."""
     base = dataclasses.asdict(Config())
     if quick:
         base.update(QUICK)
     base.update({k: v for k, v in overrides.items() if v is not None})
+    base["seeds"] = tuple(base["seeds"])
     return Config(**base)
+
+
+class LoadLog:
+    """The 1-minute load average, sampled at the start, after every task and at the end (no thread:
+    the workers are forked)."""
+
+    def __init__(self):
+        self.samples: List[float] = [os.getloadavg()[0]]
+
+    def tick(self, *_ignored) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> Dict[str, float]:
+        return {"start": self.samples[0], "end": self.samples[-1], "mean": float(np.mean(self.samples)),
+                "max": float(np.max(self.samples)), "samples": len(self.samples)}
+
+
+def _base_task(seed: int):
+    cfg, train = _SHARED["cfg"], _SHARED["train"]
+    t, cpu = time.time(), time.process_time()
+    net = train_base(next(iter(train.values())), cfg, seed)
+    return seed, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, time.time() - t, \
+        time.process_time() - cpu
+
+
+def _setting_task(job):
+    seed, name = job
+    cfg, train, val = _SHARED["cfg"], _SHARED["train"], _SHARED["val"]
+    setting = BY_NAME[name]
+    t, cpu = time.time(), time.process_time()
+    base = TinyUNet(cfg.channels, cfg.heads, 3 * cfg.patch ** 2).to(cfg.device)
+    base.load_state_dict(_SHARED["bases"][seed])
+    base.requires_grad_(False).eval()
+    model, curves = train_setting(base, train[setting.world], setting, cfg, seed)
+    t_train = time.time() - t
+    v = val[setting.world]
+    images, maps = sample(model, v, cfg, seed)
+    textured = np.isin(v["pattern"].numpy(), TEXTURED)
+    per = scores.region_scores(images, v["person"], v["masks"], v["garments"], v["garment_masks"], textured)
+    if maps is not None:
+        per["loc_iou"] = scores.localization_iou(maps, v["masks"])
+    keep_pictures = seed == cfg.seeds[0]
+    return {"seed": seed, "setting": name, "scores": per, "curves": curves if keep_pictures else {},
+            "images": images if keep_pictures else None, "maps": maps if keep_pictures else None,
+            "wall_s": time.time() - t, "train_s": t_train, "cpu_s": time.process_time() - cpu}
+
+
+def _map(fn, work: list, jobs: int, threads: int, load: LoadLog) -> list:
+    """``[fn(w) for w in work]``, in ``jobs`` forked processes of ``threads`` torch threads each."""
+    if jobs <= 1:
+        out = []
+        for w in work:
+            out.append(fn(w))
+            load.tick()
+        return out
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(min(jobs, len(work)), initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        pending = [pool.apply_async(fn, (w,), callback=load.tick) for w in work]
+        out = [p.get() for p in pending]
+    finally:
+        pool.close()
+        pool.join()
+    return out
+
+
+def run_ablation(cfg: Config, out: str, names: Optional[Sequence[str]] = None, jobs: int = 1) -> Dict[str, object]:
+    """Train and score the settings ``names`` (default all) over ``cfg.seeds``; writes the result files.
+
+    Files under ``out``: ``ablation.json`` (everything), ``ablation.md`` (the tables) and one
+    ``samples_<world>.png`` per world (the first seed's pictures).
+    """
+    check_config(cfg)
+    settings = select(names or [s.name for s in SETTINGS])
+    os.makedirs(out, exist_ok=True)
+    threads = torch.get_num_threads()
+    t_start, cpu_start, children_start = time.time(), time.process_time(), os.times()
+    timing: Dict[str, float] = {}
+    load = LoadLog()
+    worlds = sorted({s.world for s in settings}, key=list(WORLDS).index)
+    t = time.time()
+    train = make_data(cfg.n_train, cfg, worlds)
+    val = {w: take(v, slice(None)) for w, v in make_data(cfg.n_val, cfg, worlds, offset=VAL_OFFSET).items()}
+    timing["data"] = time.time() - t
+    _SHARED.update(cfg=cfg, train=train, val=val)
+    try:
+        t = time.time()
+        bases = _map(_base_task, list(cfg.seeds), jobs, threads, load)
+        _SHARED["bases"] = {seed: state for seed, state, _, _ in bases}
+        timing["bases"] = time.time() - t
+        t = time.time()
+        tasks = _map(_setting_task, [(seed, s.name) for seed in cfg.seeds for s in settings], jobs, threads, load)
+        timing["settings"] = time.time() - t
+    finally:
+        _SHARED.clear()
+    load.tick()
+    children = os.times()
+    timing["total"] = time.time() - t_start
+    timing["total_cpu"] = (time.process_time() - cpu_start + children.children_user + children.children_system
+                           - children_start.children_user - children_start.children_system)
+    per = {s.name: {} for s in settings}
+    for task in tasks:
+        per[task["setting"]][task["seed"]] = task["scores"]
+    result = _statistics(per, settings)
+    result["ground_truth"] = {w: {m: stats.seed_summary({0: _truth(val[w])}, m, SLOTS) for m in report.METRICS
+                                  if m != "loc_iou"} for w in worlds}
+    result.update(
+        config=dataclasses.asdict(cfg), settings=[dataclasses.asdict(s) for s in settings],
+        worlds={w: dataclasses.asdict(WORLDS[w]) for w in worlds}, jobs=jobs, threads=threads, load=load.summary(),
+        timing_s=dict(timing, base_each=[b[3] for b in bases],
+                      tasks={f"{t['seed']}/{t['setting']}": {k: round(t[k], 1) for k in ("wall_s", "train_s", "cpu_s")}
+                             for t in tasks}),
+        curves={t["setting"]: {k: report.coarse(v) for k, v in t["curves"].items() if v} for t in tasks if t["curves"]})
+    with open(os.path.join(out, "ablation.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "ablation.md"), "w") as f:
+        f.write(report.markdown(result) + "\n")
+    first = {t["setting"]: t for t in tasks if t["seed"] == cfg.seeds[0]}
+    for w in worlds:
+        names_w = [s.name for s in settings if s.world == w]
+        report.write_png(os.path.join(out, f"samples_{w}.png"),
+                         report.picture(val[w], {n: first[n]["images"] for n in names_w},
+                                        {n: first[n]["maps"] for n in names_w}, names_w))
+    return result
+
+
+def _truth(v) -> Dict[str, np.ndarray]:
+    """The true person images scored as if generated: the floor of every score."""
+    return scores.region_scores(v["person"], v["person"], v["masks"], v["garments"], v["garment_masks"],
+                                np.isin(v["pattern"].numpy(), TEXTURED))
+
+
+def _statistics(per: Dict[str, Dict[int, Dict[str, np.ndarray]]], settings: Sequence[Setting]) -> Dict[str, object]:
+    """Per-setting summaries, the truth's own scores, and every comparison with its verdict."""
+    metrics = report.METRICS
+    results = {s.name: {m: stats.seed_summary(per[s.name], m, SLOTS) for m in metrics
+                        if m in next(iter(per[s.name].values()))} for s in settings}
+    comparisons, met = [], {}
+    for c in COMPARISONS:
+        if c.after not in per or c.before not in per:
+            continue
+        res = stats.paired(per[c.after], per[c.before], c.metric)
+        entry = {**dataclasses.asdict(c), **res}
+        if c.claim == "condition":
+            met[c.name], why = stats.condition_verdict(c.better, res)
+            entry.update(verdict="met" if met[c.name] else "not met", why=why)
+        else:
+            condition = met.get(c.requires, False) if c.requires else None  # a condition not run is not met
+            entry["verdict"], entry["why"] = stats.verdict(c.better, c.delta, res, condition, c.requires or "")
+        comparisons.append(entry)
+    return {"results": results, "comparisons": comparisons}
