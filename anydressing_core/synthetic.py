@@ -384,6 +384,12 @@ def _draw(index: int, specs: Sequence[GarmentSpec], g, size: int, look, swatch: 
     return Sample(index, _down(img, size), garments, _caption(specs), kp * size, look["bg"])
 
 
+def in_shop_picture(spec: GarmentSpec, size: int, swatch: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """A garment's in-shop picture ``[S, S, 3]`` uint8 on white and its mask ``[S, S]`` bool, as
+    :func:`render_sample` draws it (e.g. the swatch view of a sample's garments without redrawing the person)."""
+    return _in_shop(spec, size, size * SUPER, (255, 255, 255), swatch)
+
+
 def pose_image(keypoints: np.ndarray, size: int, width: float = 0.04) -> np.ndarray:
     """OpenPose-like stick figure ``[S, S, 3]`` uint8 from COCO-17 keypoints in pixels (one colour per limb)."""
     n = size * SUPER

@@ -12,8 +12,6 @@ import argparse
 import json
 import logging
 
-import torch
-
 from . import report
 from .run import config, run_ablation
 from .settings import SETTINGS
@@ -39,16 +37,17 @@ def main(argv=None) -> int:
     p.add_argument("--prediction", choices=("x0", "eps"), help="what the denoiser predicts (default x0)")
     p.add_argument("--device", help="torch device for training and sampling (default cpu)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (tasks are independent)")
+    p.add_argument("--time-limit", type=float,
+                   help="seconds for the whole run: the step time is measured first and the steps scaled down to fit")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process (1: on a shared 2-core machine 2 threads ran 2-4x slower, measured)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(a.threads)
     cfg = config(a.quick, seeds=a.seeds, size=a.size, patch=a.patch, channels=a.channels, steps=a.steps,
                  base_steps=a.base_steps, batch=a.batch, n_train=a.n_train, n_val=a.n_val,
                  pattern_scale=a.pattern_scale, lambda_loc=a.lambda_loc, vgg16=a.vgg16, prediction=a.prediction,
                  device=a.device)
-    result = run_ablation(cfg, a.out, a.settings, jobs=a.jobs)
+    result = run_ablation(cfg, a.out, a.settings, jobs=a.jobs, threads=a.threads, time_limit=a.time_limit)
     print(report.markdown(result))
     print(json.dumps({"timing_s": {k: round(v, 1) for k, v in result["timing_s"].items() if isinstance(v, float)},
                       "load": result["load"], "out": a.out}))

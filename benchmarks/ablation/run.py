@@ -1,8 +1,10 @@
 """Run the whole ablation: data, one base per seed, every (seed, setting), scores, statistics, files.
 
 Work is split into independent tasks (a base per seed, then one task per seed and setting) that
-run in this process or, with ``jobs > 1``, in forked worker processes; every task seeds its own
-generators, so the numbers do not depend on ``jobs`` or on the order tasks finish in.
+run in this process or, with ``jobs > 1``, in worker processes (spawned, not forked: a fork after
+PyTorch started its thread pool can hang; the data reach the workers through shared memory);
+every task seeds its own generators, so the numbers do not depend on ``jobs`` or on the order
+tasks finish in.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 
 from . import report, scores, stats
 from .settings import BY_NAME, COMPARISONS, SETTINGS, WORLDS, Setting, select
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 QUICK = dict(size=16, patch=2, channels=8, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, sample_steps=2,
              seeds=(0, 1, 2))
-#: what forked workers read (set before the pool forks, so the data are shared, not copied)
+#: the data every task reads (in a worker, set once by ``_init_worker``)
 _SHARED: Dict[str, object] = {}
 
 
@@ -42,8 +44,7 @@ def config(quick: bool = False, **overrides) -> Config:
 
 
 class LoadLog:
-    """The 1-minute load average, sampled at the start, after every task and at the end (no thread:
-    the workers are forked)."""
+    """The 1-minute load average, sampled at the start, after every task and at the end."""
 
     def __init__(self):
         self.samples: List[float] = [os.getloadavg()[0]]
@@ -56,21 +57,22 @@ class LoadLog:
                 "max": float(np.max(self.samples)), "samples": len(self.samples)}
 
 
-def _base_task(seed: int):
-    cfg, train = _SHARED["cfg"], _SHARED["train"]
+def _base_task(job):
+    seed, cfg = job
+    train = _SHARED["train"]
     t, cpu = time.time(), time.process_time()
     net = train_base(next(iter(train.values())), cfg, seed)
-    return seed, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, time.time() - t, \
-        time.process_time() - cpu
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return {"seed": seed, "state": state, "wall_s": time.time() - t, "cpu_s": time.process_time() - cpu}
 
 
 def _setting_task(job):
-    seed, name = job
-    cfg, train, val = _SHARED["cfg"], _SHARED["train"], _SHARED["val"]
+    seed, name, state, cfg = job
+    train, val = _SHARED["train"], _SHARED["val"]
     setting = BY_NAME[name]
     t, cpu = time.time(), time.process_time()
     base = TinyUNet(cfg.channels, cfg.heads, 3 * cfg.patch ** 2).to(cfg.device)
-    base.load_state_dict(_SHARED["bases"][seed])
+    base.load_state_dict(state)
     base.requires_grad_(False).eval()
     model, curves = train_setting(base, train[setting.world], setting, cfg, seed)
     t_train = time.time() - t
@@ -86,54 +88,122 @@ def _setting_task(job):
             "wall_s": time.time() - t, "train_s": t_train, "cpu_s": time.process_time() - cpu}
 
 
-def _map(fn, work: list, jobs: int, threads: int, load: LoadLog) -> list:
-    """``[fn(w) for w in work]``, in ``jobs`` forked processes of ``threads`` torch threads each."""
-    if jobs <= 1:
-        out = []
-        for w in work:
-            out.append(fn(w))
-            load.tick()
-        return out
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(min(jobs, len(work)), initializer=torch.set_num_threads, initargs=(threads,))
-    try:
-        pending = [pool.apply_async(fn, (w,), callback=load.tick) for w in work]
-        out = [p.get() for p in pending]
-    finally:
-        pool.close()
-        pool.join()
-    return out
+def _calibration_task(job) -> float:
+    """Seconds per training step of the costliest setting (GFE + IGL + GTL) from a fresh base."""
+    steps, cfg = job
+    view = next(iter(_SHARED["train"].values()))
+    base = TinyUNet(cfg.channels, cfg.heads, 3 * cfg.patch ** 2).to(cfg.device).requires_grad_(False)
+    train_setting(base, view, BY_NAME["gfe_igl_gtl_w1"], dataclasses.replace(cfg, steps=2), 0)  # warm-up
+    t = time.time()
+    train_setting(base, view, BY_NAME["gfe_igl_gtl_w1"], dataclasses.replace(cfg, steps=steps), 0)
+    return (time.time() - t) / steps
 
 
-def run_ablation(cfg: Config, out: str, names: Optional[Sequence[str]] = None, jobs: int = 1) -> Dict[str, object]:
+def _init_worker(threads: int, shared: Dict[str, object]) -> None:
+    torch.set_num_threads(threads)
+    _SHARED.update(shared)
+
+
+class _Runner:
+    """Runs tasks here (``jobs`` 1) or in one pool of ``jobs`` spawned processes."""
+
+    def __init__(self, jobs: int, threads: int, load: LoadLog):
+        self.load, self.pool = load, None
+        if jobs > 1:
+            ctx = mp.get_context("spawn")
+            self.pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(threads, dict(_SHARED)))
+
+    def submit(self, fn, arg):
+        if self.pool is None:
+            value = fn(arg)
+            self.load.tick()
+            return _Done(value)
+        return self.pool.apply_async(fn, (arg,), callback=self.load.tick)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+def _order(settings: Sequence[Setting]) -> List[Setting]:
+    """Costliest first (IGL's maps, then GTL, then the other trained rows), so the pool's tail is short."""
+    return sorted(settings, key=lambda s: (not s.igl, not s.gtl, not s.trained))
+
+
+def fit_budget(cfg: Config, seconds_per_step: float, jobs: int, trained: int, limit: float) -> Config:
+    """``cfg`` with ``steps`` and ``base_steps`` scaled down (never up) so the training fits ``limit`` seconds.
+
+    A base step costs about half a Dressing-Attention step [measured on the CPU]; 20% is kept for
+    data, sampling and scoring [choice].
+    """
+    seeds = len(cfg.seeds)
+    work = seconds_per_step * (seeds * cfg.base_steps * 0.5 + seeds * trained * cfg.steps) / max(1, jobs)
+    scale = min(1.0, 0.8 * limit / max(work, 1e-9))
+    if scale >= 1.0:
+        return cfg
+    return dataclasses.replace(cfg, steps=max(10, int(cfg.steps * scale)), base_steps=max(10, int(cfg.base_steps * scale)))
+
+
+def run_ablation(cfg: Config, out: str, names: Optional[Sequence[str]] = None, jobs: int = 1,
+                 threads: Optional[int] = None, time_limit: Optional[float] = None) -> Dict[str, object]:
     """Train and score the settings ``names`` (default all) over ``cfg.seeds``; writes the result files.
 
-    Files under ``out``: ``ablation.json`` (everything), ``ablation.md`` (the tables) and one
-    ``samples_<world>.png`` per world (the first seed's pictures).
+    ``threads``: torch threads per process (default: as set).  ``time_limit``: seconds the whole
+    run should take; the budget is measured first and the steps scaled down to fit (recorded in
+    the result).  Files under ``out``: ``ablation.json`` (everything), ``ablation.md`` (the tables)
+    and one ``samples_<world>.png`` per world (the first seed's pictures).
     """
     check_config(cfg)
     settings = select(names or [s.name for s in SETTINGS])
     os.makedirs(out, exist_ok=True)
-    threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    threads = threads or previous_threads
+    torch.set_num_threads(threads)
     t_start, cpu_start, children_start = time.time(), time.process_time(), os.times()
-    timing: Dict[str, float] = {}
+    timing: Dict[str, object] = {}
     load = LoadLog()
     worlds = sorted({s.world for s in settings}, key=list(WORLDS).index)
-    t = time.time()
-    train = make_data(cfg.n_train, cfg, worlds)
-    val = {w: take(v, slice(None)) for w, v in make_data(cfg.n_val, cfg, worlds, offset=VAL_OFFSET).items()}
-    timing["data"] = time.time() - t
-    _SHARED.update(cfg=cfg, train=train, val=val)
+    requested = cfg
     try:
         t = time.time()
-        bases = _map(_base_task, list(cfg.seeds), jobs, threads, load)
-        _SHARED["bases"] = {seed: state for seed, state, _, _ in bases}
-        timing["bases"] = time.time() - t
-        t = time.time()
-        tasks = _map(_setting_task, [(seed, s.name) for seed in cfg.seeds for s in settings], jobs, threads, load)
-        timing["settings"] = time.time() - t
+        train = make_data(cfg.n_train, cfg, worlds, jobs=jobs)
+        val = {w: take(v, slice(None)) for w, v in make_data(cfg.n_val, cfg, worlds, VAL_OFFSET, jobs).items()}
+        timing["data"] = time.time() - t
+        _SHARED.update(train=train, val=val)
+        runner = _Runner(jobs, threads, load)
+        try:
+            if time_limit:
+                t = time.time()
+                per_step = float(np.median([f.get() for f in [runner.submit(_calibration_task, (10, cfg))
+                                                              for _ in range(jobs)]]))
+                left = time_limit - (time.time() - t_start)
+                cfg = fit_budget(cfg, per_step, jobs, sum(s.trained for s in settings), left)
+                timing.update(calibration=time.time() - t, seconds_per_step=per_step)
+                if cfg is not requested:
+                    log.warning("budget scaled to %d steps (base %d) to fit %.0f s", cfg.steps, cfg.base_steps, left)
+            t = time.time()
+            base_futures = [runner.submit(_base_task, (seed, cfg)) for seed in cfg.seeds]
+            bases, futures = [], []
+            for f in base_futures:  # a seed's settings start as soon as its base is trained
+                bases.append(f.get())
+                futures += [runner.submit(_setting_task, (bases[-1]["seed"], s.name, bases[-1]["state"], cfg))
+                            for s in _order(settings)]
+            tasks = [f.get() for f in futures]
+            timing["training_and_sampling"] = time.time() - t
+        finally:
+            runner.close()
     finally:
         _SHARED.clear()
+        torch.set_num_threads(previous_threads)
     load.tick()
     children = os.times()
     timing["total"] = time.time() - t_start
@@ -146,9 +216,10 @@ def run_ablation(cfg: Config, out: str, names: Optional[Sequence[str]] = None, j
     result["ground_truth"] = {w: {m: stats.seed_summary({0: _truth(val[w])}, m, SLOTS) for m in report.METRICS
                                   if m != "loc_iou"} for w in worlds}
     result.update(
-        config=dataclasses.asdict(cfg), settings=[dataclasses.asdict(s) for s in settings],
-        worlds={w: dataclasses.asdict(WORLDS[w]) for w in worlds}, jobs=jobs, threads=threads, load=load.summary(),
-        timing_s=dict(timing, base_each=[b[3] for b in bases],
+        config=dataclasses.asdict(cfg), requested_budget={"steps": requested.steps, "base_steps": requested.base_steps},
+        settings=[dataclasses.asdict(s) for s in settings], worlds={w: dataclasses.asdict(WORLDS[w]) for w in worlds},
+        jobs=jobs, threads=threads, load=load.summary(),
+        timing_s=dict(timing, bases={str(b["seed"]): {k: round(b[k], 1) for k in ("wall_s", "cpu_s")} for b in bases},
                       tasks={f"{t['seed']}/{t['setting']}": {k: round(t[k], 1) for k in ("wall_s", "train_s", "cpu_s")}
                              for t in tasks}),
         curves={t["setting"]: {k: report.coarse(v) for k, v in t["curves"].items() if v} for t in tasks if t["curves"]})

@@ -18,11 +18,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from anydressing_core import losses
 from anydressing_core.gfe import DAProjections, GFELoRA
-from anydressing_core.synthetic import PATTERNS, pose_image, render_sample
+from anydressing_core.synthetic import PATTERNS, in_shop_picture, pose_image, render_sample
 from .model import DA_KEYS, Ctx, TinyUNet, encode_garments, to_image, to_latent
 from .settings import WORLDS, Setting
 
@@ -60,35 +61,49 @@ class Config:
     device: str = "cpu"       # noise and batches are drawn on the CPU, so a GPU run sees the same ones
 
 
-def make_data(count: int, cfg: Config, worlds: Sequence[str], offset: int = 0) -> Dict[str, Dict[str, torch.Tensor]]:
+def _render(job) -> Dict[str, np.ndarray]:
+    """Samples ``range(first, first + count)`` as numpy arrays (``make_data``'s layout, worlds prefixed)."""
+    first, count, cfg, worlds = job
+    size = cfg.size
+    rows: Dict[str, list] = {}
+    for i in range(first, first + count):
+        s = render_sample(i, size, cfg.data_seed, slots=SLOTS, pattern_scale=cfg.pattern_scale)
+        row = {"person": s.person.transpose(2, 0, 1), "pose": pose_image(s.keypoints, size).transpose(2, 0, 1),
+               "masks": np.stack([g.mask for g in s.garments]),
+               "edges": cv2.Canny(cv2.cvtColor(s.person, cv2.COLOR_RGB2GRAY), 50, 150)[None] > 0,
+               "pattern": np.array([PATTERNS.index(g.spec.pattern) for g in s.garments])}
+        for w in worlds:  # the person does not depend on the world: only the in-shop pictures are drawn again
+            pictures = [(g.image, g.garment_mask) if not WORLDS[w].swatch else in_shop_picture(g.spec, size, True)
+                        for g in s.garments]
+            row[f"{w}/garments"] = np.stack([p[0].transpose(2, 0, 1) for p in pictures])
+            row[f"{w}/garment_masks"] = np.stack([p[1] for p in pictures])
+        for key, value in row.items():
+            rows.setdefault(key, []).append(value)
+    return {key: np.stack(v) for key, v in rows.items()}
+
+
+def make_data(count: int, cfg: Config, worlds: Sequence[str], offset: int = 0,
+              jobs: int = 1) -> Dict[str, Dict[str, torch.Tensor]]:
     """Render ``count`` three-garment samples, compactly: ``{world: view}``.
 
     A view holds person and pose ``[n, 3, S, S]`` uint8, garments ``[n, 3, 3, S, S]`` uint8 (the
     world's in-shop pictures), masks (person-image M_k) and garment_masks ``[n, 3, S, S]`` bool,
     edges ``[n, 1, S, S]`` bool (Canny of the person image, thresholds 50/150 [choice]) and
     pattern ``[n, 3]`` (index in ``synthetic.PATTERNS``).  Worlds share the person tensors.
+    ``jobs > 1`` renders in that many processes (the samples do not depend on it).
     """
-    size = cfg.size
-    common = {k: [] for k in ("person", "pose", "masks", "edges", "pattern")}
-    shop = {w: {"garments": [], "garment_masks": []} for w in worlds}
-    for i in range(count):
-        for w in worlds:
-            s = render_sample(offset + i, size, cfg.data_seed, slots=SLOTS, swatch=WORLDS[w].swatch,
-                              pattern_scale=cfg.pattern_scale)
-            shop[w]["garments"].append(np.stack([g.image for g in s.garments]))
-            shop[w]["garment_masks"].append(np.stack([g.garment_mask for g in s.garments]))
-        common["person"].append(s.person)
-        common["pose"].append(pose_image(s.keypoints, size))
-        common["masks"].append(np.stack([g.mask for g in s.garments]))
-        common["edges"].append(cv2.Canny(cv2.cvtColor(s.person, cv2.COLOR_RGB2GRAY), 50, 150)[None] > 0)
-        common["pattern"].append([PATTERNS.index(g.spec.pattern) for g in s.garments])
-    t = {k: torch.from_numpy(np.stack(v)) for k, v in common.items()}
-    t["person"], t["pose"] = t["person"].permute(0, 3, 1, 2).contiguous(), t["pose"].permute(0, 3, 1, 2).contiguous()
-    views = {}
-    for w in worlds:
-        views[w] = dict(t, garments=torch.from_numpy(np.stack(shop[w]["garments"])).permute(0, 1, 4, 2, 3).contiguous(),
-                        garment_masks=torch.from_numpy(np.stack(shop[w]["garment_masks"])))
-    return views
+    jobs = max(1, min(jobs, count // 50))
+    bounds = np.linspace(0, count, jobs + 1).round().astype(int)
+    work = [(offset + int(a), int(b - a), cfg, tuple(worlds)) for a, b in zip(bounds[:-1], bounds[1:])]
+    if jobs == 1:
+        parts = [_render(w) for w in work]
+    else:
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            parts = pool.map(_render, work)
+    arrays = {key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in parts[0]}
+    common = {k: v for k, v in arrays.items() if "/" not in k}
+    return {w: dict(common, garments=arrays[f"{w}/garments"], garment_masks=arrays[f"{w}/garment_masks"])
+            for w in worlds}
 
 
 def take(view: Dict[str, torch.Tensor], idx, device: str = "cpu") -> Dict[str, torch.Tensor]:

@@ -96,6 +96,8 @@ def test_swatch_hides_the_slot_and_keeps_the_person():
         frames = [g.garment_mask for g in swatch.garments]
         assert all(np.array_equal(frames[0], f) for f in frames[1:])  # one frame for every kind
         assert not np.array_equal(shop.garments[0].garment_mask, shop.garments[2].garment_mask)
+        picture = synthetic.in_shop_picture(shop.garments[1].spec, 32, swatch=True)
+        assert np.array_equal(picture[0], swatch.garments[1].image) and np.array_equal(picture[1], frames[1])
     periods = {g.spec.slot: set() for g in render_sample(0, 16, seed=0, slots=SLOTS).garments}
     for i in range(40):
         for g in render_sample(i, 16, seed=0, slots=SLOTS).garments:
