@@ -114,6 +114,8 @@ def test_training_leaves_dressingnet_frozen_and_uses_the_losses(views):
     img, maps = sample(model, take(views["shop"], slice(None)), cfg, seed=0)
     assert img.shape == (6, 3, 16, 16) and maps.shape == (6, 3, 16, 16)
     assert torch.allclose(maps.sum(1), torch.ones_like(maps[:, 0]), atol=1e-4)
+    img_chunked, maps_chunked = sample(model, take(views["shop"], slice(None)), cfg, seed=0, chunk=4)
+    assert torch.allclose(img, img_chunked, atol=1e-5) and torch.allclose(maps, maps_chunked, atol=1e-5)
     _, no_loc = train_setting(base, views["shop"], BY_NAME["gfe"], cfg, seed=0)
     assert not no_loc["loc"] and not no_loc["tex"]
 
