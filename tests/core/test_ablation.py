@@ -213,3 +213,11 @@ def test_jobs_do_not_change_the_numbers(tmp_path, cfg):
     two = run_ablation(cfg, str(tmp_path / "two"), names, jobs=2, threads=1)
     same = lambda key: json.dumps(one[key], sort_keys=True) == json.dumps(two[key], sort_keys=True)  # noqa: E731
     assert same("results") and same("comparisons")  # (JSON: NaN per-slot entries compare equal)
+
+
+def test_gtl_gate_is_the_papers_noise_level():
+    from benchmarks.ablation.train import GTL_MIN_ABAR, alphas_cumprod
+
+    sd = alphas_cumprod(1.0)
+    assert int((sd >= GTL_MIN_ABAR).sum()) == 351  # t <= 350 on SD1.5's own schedule
+    assert int((alphas_cumprod(16.0) >= GTL_MIN_ABAR).sum()) == 59  # the same noise level, shifted schedule
