@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-val", type=int)
     p.add_argument("--pattern-scale", type=float, help="pattern period multiplier of the generator (default 2)")
     p.add_argument("--lambda-loc", type=float, help="IGL weight (paper: 0.01)")
+    p.add_argument("--noise-shift", type=float, help="SNR divisor of the noise schedule (default patch**2)")
     p.add_argument("--vgg16", help="local VGG16 weights: adds DISTS to GTL (off without them)")
     p.add_argument("--prediction", choices=("x0", "eps"), help="what the denoiser predicts (default x0)")
     p.add_argument("--device", help="torch device for training and sampling (default cpu)")
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = config(a.quick, seeds=a.seeds, size=a.size, patch=a.patch, channels=a.channels, steps=a.steps,
                  base_steps=a.base_steps, batch=a.batch, n_train=a.n_train, n_val=a.n_val,
-                 pattern_scale=a.pattern_scale, lambda_loc=a.lambda_loc, vgg16=a.vgg16, prediction=a.prediction,
+                 pattern_scale=a.pattern_scale, lambda_loc=a.lambda_loc, noise_shift=a.noise_shift, vgg16=a.vgg16,
+                 prediction=a.prediction,
                  device=a.device)
     result = run_ablation(cfg, a.out, a.settings, jobs=a.jobs, threads=a.threads, time_limit=a.time_limit)
     print(report.markdown(result))
