@@ -99,9 +99,10 @@ def _calibration_task(job) -> float:
     return (time.time() - t) / steps
 
 
-def _init_worker(threads: int, shared: Dict[str, object]) -> None:
+def _init_worker(threads: int, shared: Dict[str, object], level: int) -> None:
     torch.set_num_threads(threads)
     _SHARED.update(shared)
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s")  # a spawned process starts without handlers
 
 
 class _Runner:
@@ -111,7 +112,8 @@ class _Runner:
         self.load, self.pool = load, None
         if jobs > 1:
             ctx = mp.get_context("spawn")
-            self.pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(threads, dict(_SHARED)))
+            self.pool = ctx.Pool(jobs, initializer=_init_worker,
+                                 initargs=(threads, dict(_SHARED), logging.getLogger().getEffectiveLevel()))
 
     def submit(self, fn, arg):
         if self.pool is None:
