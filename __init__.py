@@ -1,8 +1,8 @@
 """ComfyUI-AnyDressing: multi-garment virtual dressing (AnyDressing) for ComfyUI.
 
-Node API choice: the classic ``NODE_CLASS_MAPPINGS`` API.  It is stable across ComfyUI releases,
-while ``comfy_api.latest`` is still marked unstable (HOST.md); a module defining both would have its
-``comfy_entrypoint`` ignored anyway.  README.md says more.
+The nodes use ComfyUI's versioned V3 node API (``comfy_api.v0_0_2``) and register through
+``comfy_entrypoint``; ComfyUI ignores ``comfy_entrypoint`` in a module that also defines
+``NODE_CLASS_MAPPINGS``, so this module defines only the former.
 """
 
 import importlib.util
@@ -11,10 +11,10 @@ import logging
 WEB_DIRECTORY = "./web"
 
 if importlib.util.find_spec("comfy") is not None:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]
 else:
     # Imported outside ComfyUI (a test runner collecting this folder, or the CLIs): no nodes to register.
     logging.getLogger(__name__).debug("ComfyUI not importable: AnyDressing nodes not registered")
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+    __all__ = ["WEB_DIRECTORY"]

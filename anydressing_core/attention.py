@@ -19,7 +19,11 @@ Two forms are implemented:
   so lambda = 1 and w = 1 give the plain joint softmax.
 
 Per-garment weights ``w_k`` scale garment k's values in the separate form (the output is
-linear in V') and bias its logits in the joint form.  Optional per-garment regions
+linear in V') and bias its logits in the joint form.  Pooled garment tokens (each the mean of
+``s`` encoded tokens, :mod:`.budget`) add ``log s`` to their joint-form logits [choice, the
+proportional attention of token merging, Bolya et al. 2023], so a garment keeps its share of the
+softmax against the image's own tokens; in the separate form the offset is common to every garment
+token and cancels.  Optional per-garment regions
 (a training-free localization [choice]) restrict each pixel row to the garments whose
 region contains it; rows in no region see every garment.
 """
@@ -27,7 +31,7 @@ region contains it; rows in no region see every garment.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +42,17 @@ AttentionFn = Callable[..., torch.Tensor]
 
 
 class DAForm:
-    """How garment tokens enter self-attention."""
+    """How garment tokens enter self-attention.
+
+    ``ALL`` are the forms the math implements; ``CHOICES`` adds ``auto`` for a user's setting: the form the
+    weights were trained with, joint in zero-shot.
+    """
 
     SEPARATE = "separate"
     JOINT = "joint"
+    AUTO = "auto"
     ALL = (SEPARATE, JOINT)
+    CHOICES = (AUTO, SEPARATE, JOINT)
 
 
 def _heads_view(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -165,6 +175,7 @@ def dressing_attention(
     attention: AttentionFn = sdpa_attention,
     self_attention: Optional[AttentionFn] = None,
     cache: Optional[dict] = None,
+    token_size: float = 1.0,
 ):
     """Dressing-Attention for one layer.
 
@@ -186,6 +197,10 @@ def dressing_attention(
             ``regions`` stay the same (e.g. one sampling run): the tensors derived from the settings
             (weight scales, bias rows) are built once per token count and reused.
 
+        token_size: how many encoded tokens each garment token stands for (``p * p`` after a
+            ``p x p`` pooling; 1 = not pooled); the joint form adds ``log(token_size)`` to the
+            garment logits.
+
     Returns:
         ``out [B, T, C]`` or ``(out, maps)``.
     """
@@ -201,32 +216,32 @@ def dressing_attention(
     # [choice, speed] the weights, biases and flags below depend only on the layer's token count and the
     # settings, not on q/k/v: a caller that keeps those fixed (one sampling run) passes a ``cache`` dict and
     # they are built once per token count instead of ~12 small tensor ops on every call.
-    ckey = (form, k.shape[1], tuple(lengths), q.dtype, q.device, float(strength), id(regions))
-    inv = cache.get(ckey) if cache is not None else None
-    if inv is None:
-        inv = _call_invariants(form, k.shape[1], lengths, strength, weights, regions, q)
+    cache_key = (form, k.shape[1], tuple(lengths), q.dtype, q.device, float(strength), id(regions), float(token_size))
+    fixed = cache.get(cache_key) if cache is not None else None
+    if fixed is None:
+        fixed = _settings_tensors(form, k.shape[1], lengths, strength, weights, regions, q, token_size)
         if cache is not None:
-            cache[ckey] = inv
+            cache[cache_key] = fixed
 
     if form == DAForm.SEPARATE:
         own = (self_attention or attention)(q, k, v, heads)
-        gv_w = gv if inv["value_scale"] is None else gv * inv["value_scale"]
-        garment = attention(q, gk, gv_w, heads, mask=inv["bias"])
+        gv_w = gv if fixed["value_scale"] is None else gv * fixed["value_scale"]
+        garment = attention(q, gk, gv_w, heads, mask=fixed["bias"])
         out = own + strength * garment
         if return_maps:
-            return out, garment_maps(q, gk, heads, lengths, inv["bias"])
+            return out, garment_maps(q, gk, heads, lengths, fixed["bias"])
         return out
 
     gk_b = gk.expand(b, -1, -1) if gk.shape[0] != b else gk
     gv_b = gv.expand(b, -1, -1) if gv.shape[0] != b else gv
-    out = attention(q, torch.cat([k, gk_b], dim=1), torch.cat([v, gv_b], dim=1), heads, mask=inv["full_bias"])
+    out = attention(q, torch.cat([k, gk_b], dim=1), torch.cat([v, gv_b], dim=1), heads, mask=fixed["full_bias"])
     if return_maps:
-        return out, garment_maps(q, gk, heads, lengths, inv["garment_bias"], self_k=k)
+        return out, garment_maps(q, gk, heads, lengths, fixed["garment_bias"], self_k=k)
     return out
 
 
-def _call_invariants(form: str, own_tokens: int, lengths: Sequence[int], strength: float, weights, regions,
-                     q: torch.Tensor) -> dict:
+def _settings_tensors(form: str, own_tokens: int, lengths: Sequence[int], strength: float, weights, regions,
+                      q: torch.Tensor, token_size: float = 1.0) -> dict:
     """What :func:`dressing_attention` derives from the settings alone (no q/k/v values).
 
     separate: ``value_scale`` (per-token garment weights ``[1, S, 1]``, None when all are 1) and the
@@ -244,10 +259,10 @@ def _call_invariants(form: str, own_tokens: int, lengths: Sequence[int], strengt
     # joint: one softmax over [own tokens, garment tokens], garment logits biased by log(lambda * w)
     # [choice, speed] the log-weight bias is one row [1, S] broadcast over the image tokens, never a
     # materialised [T, T+S] matrix (hosts expand a full mask per head: O(T*(T+S)) memory per call)
-    garment_bias = _per_token(torch.log((strength * w).clamp_min(0)), lengths).view(1, -1)
+    garment_bias = _per_token(torch.log((strength * token_size * w).clamp_min(0)), lengths).view(1, -1)
     if bias is not None:
         garment_bias = garment_bias + bias
-    need_bias = bias is not None or bool((strength * w_host != 1).any())
+    need_bias = bias is not None or bool((strength * token_size * w_host != 1).any())
     full_bias = None
     if need_bias:
         own_zero = torch.zeros(*garment_bias.shape[:-1], own_tokens, dtype=q.dtype, device=q.device)
@@ -257,25 +272,29 @@ def _call_invariants(form: str, own_tokens: int, lengths: Sequence[int], strengt
     return {"full_bias": full_bias, "garment_bias": garment_bias if need_bias else None}
 
 
-def select_rows(rows: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], plain: Callable[[torch.Tensor], torch.Tensor],
-                batch: int) -> torch.Tensor:
-    """Run ``fn`` on the rows where ``rows`` is True and ``plain`` on the others; keep order.
+def row_segments(flags: Sequence[bool]) -> Tuple[Tuple[int, int, bool], ...]:
+    """Contiguous runs of equal flags: ``((start, stop, flag), ...)`` covering every row in order."""
+    flags = [bool(f) for f in flags]
+    out, start = [], 0
+    for i in range(1, len(flags) + 1):
+        if i == len(flags) or flags[i] != flags[start]:
+            out.append((start, i, flags[start]))
+            start = i
+    return tuple(out)
 
-    ``fn`` and ``plain`` take a LongTensor of row indices and return ``[len(idx), T, C]``.
-    Used for CFG: the paper drops garments in the unconditional branch.
+
+def split_rows(flags: Sequence[bool], dressed: Callable[[slice], torch.Tensor],
+               plain: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``dressed(rows)`` for the batch rows whose flag is True, ``plain(rows)`` for the others, in row order.
+
+    Both take a ``slice`` of contiguous rows (a view, no copy) and return ``[rows, T, C]``; one call per
+    run of equal flags.  Used for classifier-free guidance: the paper drops garments in the unconditional
+    branch, so those rows run the plain self-attention.
     """
-    idx_on = torch.nonzero(rows, as_tuple=False).flatten()
-    idx_off = torch.nonzero(~rows, as_tuple=False).flatten()
-    if idx_off.numel() == 0:
-        return fn(idx_on)
-    if idx_on.numel() == 0:
-        return plain(idx_off)
-    on = fn(idx_on)
-    off = plain(idx_off)
-    out = on.new_empty((batch,) + tuple(on.shape[1:]))
-    out[idx_on] = on
-    out[idx_off] = off
-    return out
+    segments = row_segments(flags)
+    if len(segments) == 1:
+        return (dressed if segments[0][2] else plain)(slice(None))
+    return torch.cat([(dressed if on else plain)(slice(a, b)) for a, b, on in segments], dim=0)
 
 
 def tokens_hw(latent_hw: Sequence[int], tokens: int) -> tuple[int, int]:

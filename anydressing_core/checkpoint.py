@@ -6,11 +6,12 @@ Layout (docs/FORMAT.md is the reference)::
     gfe.<layer>.<target>.lora_A            [S, r, C]   one LoRA set per slot, target in q/k/v/out
     gfe.<layer>.<target>.lora_B            [S, C, r]
     da.<layer>.to_k / da.<layer>.to_v      [C, C]      Wk', Wv' per DressingNet layer (optional)
-    resampler.*                            IMAGDressing's image resampler (run by Encode Garments with clip_vision)
+    resampler.*                            IMAGDressing's image resampler (run by AnyDressing Encode Garments with clip_vision)
 
 ``<layer>`` is a ComfyUI block key string, e.g. ``input.1.0``.  Metadata (all strings) under
 ``anydressing.*``: format_version, base, layers, slots, lora_rank, lora_alpha, lora_targets,
-default_lambda, form, garments_net_context, unet_config, provenance, licence.
+default_lambda, form, garments_net_context, unet_config, provenance, licence, and (optional, trainer
+exports) base_checkpoint, base_fingerprint: which checkpoint the weights were trained on.
 
 Only safetensors are read here; pickles go through ``python -m anydressing_core.convert``.
 """
@@ -27,16 +28,19 @@ import torch
 
 from .attention import DAForm, sdpa_attention
 from .errors import AnyDressingError
-from .features import BlockKey, GarmentFeatures, key_from_str, key_to_str
+from .features import BlockKey, GarmentFeatures, GarmentsNetContext, key_from_str, key_to_str
 from .gfe import LORA_TARGETS, DAProjections, GFEHooks, GFELoRA, layer_keys
+from .keys import base_shape
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BASES = ("sd15", "sdxl")
-CONTEXTS = ("none", "empty_prompt", "image_tokens")
+CONTEXTS = GarmentsNetContext.ALL
 PREFIXES = ("garments_net.", "gfe.", "da.", "resampler.")
 _M = "anydressing."
+#: The metadata key every AnyDressing checkpoint carries.
+FORMAT_KEY = _M + "format_version"
 
 
 @dataclass
@@ -55,6 +59,10 @@ class CheckpointMeta:
     unet_config: Optional[Dict[str, Any]] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
     licence: str = ""
+    #: the base the weights were trained on: ``{"file": name, "sha256": hex, "bytes": n}`` (or ``{"folder": name}``)
+    base_checkpoint: Dict[str, Any] = field(default_factory=dict)
+    #: :func:`.base_check.fingerprint` of that base's UNet (compared with the MODEL by Encode Garments)
+    base_fingerprint: Optional[Dict[str, Any]] = None
     format_version: int = FORMAT_VERSION
 
     def to_strings(self) -> Dict[str, str]:
@@ -64,14 +72,14 @@ class CheckpointMeta:
 
     @classmethod
     def from_strings(cls, md: Mapping[str, str], where: str = "checkpoint") -> "CheckpointMeta":
-        if not md or _M + "format_version" not in md:
+        if not md or FORMAT_KEY not in md:
             raise AnyDressingError(
                 f"{where} has no AnyDressing metadata ('{_M}format_version'); it is not an AnyDressing checkpoint. "
                 "MagicClothing / IMAGDressing files: convert them with `python -m anydressing_core.convert`.")
         try:
-            version = int(md[_M + "format_version"])
+            version = int(md[FORMAT_KEY])
         except ValueError:
-            raise AnyDressingError(f"{where}: format_version {md[_M + 'format_version']!r} is not a number") from None
+            raise AnyDressingError(f"{where}: format_version {md[FORMAT_KEY]!r} is not a number") from None
         if version > FORMAT_VERSION:
             raise AnyDressingError(f"{where} is format version {version}; this pack reads up to {FORMAT_VERSION}. "
                                    "Update ComfyUI-AnyDressing.")
@@ -98,6 +106,8 @@ class CheckpointMeta:
             unet_config=get("unet_config", None),
             provenance=get("provenance", {}),
             licence=md.get(_M + "licence", ""),
+            base_checkpoint=get("base_checkpoint", {}) or {},
+            base_fingerprint=get("base_fingerprint", None),
             format_version=version,
         )
         meta.check(where)
@@ -195,7 +205,7 @@ class AnyDressingAdapter:
 
     ``garments_net`` holds the GarmentsNet UNet state dict in diffusers keys (None = zero-shot:
     GarmentsNet is the base UNet).  A zero-shot adapter has no ``gfe`` and no ``projections``:
-    Wk' = Wk, Wv' = Wv [choice, METHOD.md].
+    Wk' = Wk, Wv' = Wv [choice: the zero-shot mode, GarmentsNet = the base UNet].
     """
 
     def __init__(self, meta: CheckpointMeta, gfe: Optional[GFELoRA] = None, projections: Optional[DAProjections] = None,
@@ -212,6 +222,8 @@ class AnyDressingAdapter:
         #: ``[1, S, D]`` context for GarmentsNet's attn2 when ``meta.garments_net_context`` is not "none"
         #: (MagicClothing: the empty prompt's text embedding); the host sets it (the loader, from CLIP).
         self.garment_context: Optional[torch.Tensor] = None
+        #: whatever the host uses to manage these weights' memory (ComfyUI: a ModelPatcher of the GFE LoRA)
+        self.host_handle: Any = None
 
     # --- what the nodes and the pipeline ask -------------------------------------------------
     @property
@@ -279,12 +291,10 @@ class AnyDressingAdapter:
             return None
         return GFEHooks(self.gfe, self.gfe.slot_ids(slots, device), attention)
 
-    def project(self, features: GarmentFeatures, dtype=None, device=None) -> GarmentFeatures:
-        """Features with this adapter's form and, with trained Wk'/Wv', K'/V' per layer (once per encode)."""
-        if self.projections is not None:
-            out = self.projections.project(features, dtype=dtype, device=device)
-        else:
-            out = features.to(device=device, dtype=dtype)
+    def attach(self, features: GarmentFeatures) -> GarmentFeatures:
+        """``features`` carrying this adapter's form and, with trained Wk'/Wv', its projections (K', V' are
+        computed from them once per sampling run)."""
+        out = self.projections.attach(features) if self.projections is not None else features.to()
         out.form = self.form
         return out
 
@@ -300,6 +310,7 @@ class AnyDressingAdapter:
         out = AnyDressingAdapter(self.meta, self.gfe, self.projections, None, self.resampler, self.name)
         out.has_garments_net = self.has_garments_net
         out.garment_context = self.garment_context
+        out.host_handle = self.host_handle
         return out
 
     def __deepcopy__(self, memo):
@@ -390,31 +401,21 @@ def read_safetensors(path: str, load: bool = True) -> Tuple[Dict[str, Any], Dict
 def load_checkpoint(path: str, load_garments_net: bool = True) -> AnyDressingAdapter:
     """Read and validate an AnyDressing checkpoint (metadata and shapes first, then tensors).
 
-    Files without AnyDressing metadata whose keys match a known peer layout are imported on the
-    fly (:mod:`.importers`; MagicClothing's safetensors), anything else is an error.
+    Only files with AnyDressing metadata; :func:`.weights.load_weights` also imports peer layouts.
     """
-    name = os.path.basename(path)
     shapes, md = read_safetensors(path, load=False)
-    if _M + "format_version" not in md:
-        from .importers import detect_layout, import_state_dicts
-
-        layout = detect_layout(shapes)
-        if layout is None:
-            CheckpointMeta.from_strings(md, path)  # raises the "not an AnyDressing checkpoint" error
-        tensors, _ = read_safetensors(path)
-        log.info("AnyDressing: %s has no AnyDressing metadata; importing it as %s", name, layout)
-        return import_state_dicts([tensors], source=name)
     meta = CheckpointMeta.from_strings(md, path)
     validate(shapes, meta, path)
     tensors, _ = read_safetensors(path)
     if not load_garments_net:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("garments_net.")}
-    return AnyDressingAdapter.from_tensors(tensors, meta, name, path)
+    return AnyDressingAdapter.from_tensors(tensors, meta, os.path.basename(path), path)
 
 
 def export(garments_net=None, dressing=None, *, base: Optional[str] = None, default_lambda: float = 0.7,
            form: Optional[str] = None, provenance: Optional[dict] = None, include_unet: bool = True,
-           licence: str = "") -> AnyDressingAdapter:
+           licence: str = "", base_checkpoint: Optional[dict] = None,
+           base_fingerprint: Optional[dict] = None) -> AnyDressingAdapter:
     """Adapter from trained diffusers pieces (:mod:`.diffusers_model` GarmentsNet / DressingAttention).
 
     ``adapter.save(path)`` writes it.  The GarmentsNet UNet is stored with its diffusers keys.
@@ -428,8 +429,6 @@ def export(garments_net=None, dressing=None, *, base: Optional[str] = None, defa
         context = garments_net.context
         unet_config = dict(garments_net.unet.config)
         if base is None:
-            from .keys import base_shape
-
             base = base_shape(garments_net.unet.config)
         if include_unet:
             unet_sd = {k: v.detach() for k, v in garments_net.unet.state_dict().items()}
@@ -437,7 +436,8 @@ def export(garments_net=None, dressing=None, *, base: Optional[str] = None, defa
         base=base or "sd15", layers=layers, slots=list(gfe.slots) if gfe else [], lora_rank=gfe.rank if gfe else 0,
         lora_alpha=gfe.alpha if gfe else 0.0, lora_targets=list(gfe.targets) if gfe else list(LORA_TARGETS),
         default_lambda=default_lambda, form=form or (dressing.form if dressing is not None else DAForm.SEPARATE),
-        garments_net_context=context, unet_config=_jsonable(unet_config), provenance=provenance or {}, licence=licence)
+        garments_net_context=context, unet_config=_jsonable(unet_config), provenance=provenance or {}, licence=licence,
+        base_checkpoint=dict(base_checkpoint or {}), base_fingerprint=base_fingerprint)
     return AnyDressingAdapter(meta, gfe, projections, unet_sd)
 
 

@@ -21,13 +21,13 @@ Public API (the trainer and :mod:`.pipeline` build on it)::
   residual is untouched) [paper]; ``"empty_prompt"`` / ``"image_tokens"`` keep attn2 and use
   the ``encoder_hidden_states`` given to :meth:`GarmentsNet.encode` (MagicClothing,
   IMAGDressing).
-* ``da.use(...)`` sets everything per call: ``features`` (with ``kv`` precomputed or not),
+* ``da.use(...)`` sets everything per call: ``features``,
   ``strength`` (lambda), ``weights`` (per garment), ``form``, ``region_masks`` ``[N, H, W]``
   with ``latent_hw``, ``garment_rows`` ``[B]`` bool (CFG: rows without garments run plain
   self-attention [paper: garments dropped in the unconditional branch]), ``record_maps``.
-* K', V' come from, in order: ``features.kv`` (an adapter projected them once per encode), the
-  installed :class:`~.gfe.DAProjections` (trainable Wk', Wv'), or the layer's own ``to_k/to_v``
-  (zero-shot; :meth:`DressingAttention.precompute` does that once per sampling run).
+* K', V' are computed once per ``use`` context by :func:`.features.garment_kv` (the same function the
+  ComfyUI patch calls): from the features' adapter projections, else the installed trainable
+  :class:`~.gfe.DAProjections`, else the layer's own ``to_k/to_v`` (zero-shot).
 
 Every attention here calls :func:`.attention.dressing_attention` / :func:`.attention.sdpa_attention`,
 the same code the ComfyUI patch runs.  Layer keys come from :mod:`.keys`.
@@ -42,14 +42,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .attention import DAForm, dressing_attention, masks_to_tokens, sdpa_attention, select_rows, tokens_hw
+from .attention import DAForm, dressing_attention, masks_to_tokens, sdpa_attention, split_rows, tokens_hw
 from .errors import AnyDressingError
-from .features import BlockKey, GarmentFeatures
+from .features import BlockKey, GarmentFeatures, GarmentsNetContext, garment_kv
 from .gfe import DEFAULT_ALPHA, DEFAULT_RANK, DAProjections, GFELoRA
-from .keys import diffusers_layer_keys
-
-CONTEXTS = ("none", "empty_prompt", "image_tokens")
-
+from .keys import base_shape, diffusers_layer_keys
 
 def attn1_modules(unet) -> Dict[BlockKey, nn.Module]:
     """``{key: transformer_block.attn1}`` for every transformer block of ``unet``, ComfyUI order."""
@@ -104,8 +101,8 @@ class GarmentsNet(nn.Module):
     def __init__(self, unet, slots: Optional[Sequence[str]] = None, rank: int = DEFAULT_RANK,
                  alpha: float = DEFAULT_ALPHA, context: str = "none", gfe: Optional[GFELoRA] = None):
         super().__init__()
-        if context not in CONTEXTS:
-            raise AnyDressingError(f"unknown GarmentsNet context {context!r}; use one of {CONTEXTS}")
+        if context not in GarmentsNetContext.ALL:
+            raise AnyDressingError(f"unknown GarmentsNet context {context!r}; use one of {GarmentsNetContext.ALL}")
         self.unet = unet
         self.context = context
         attn1 = attn1_modules(unet)
@@ -125,12 +122,15 @@ class GarmentsNet(nn.Module):
 
     def encode(self, latents: torch.Tensor, slots: Sequence[str], weights: Optional[Sequence[float]] = None,
                encoder_hidden_states: Optional[torch.Tensor] = None, names: Optional[Sequence[str]] = None,
-               timestep: float = 0.0, form: Optional[str] = None) -> GarmentFeatures:
+               timestep: float = 0.0, form: Optional[str] = None,
+               added_cond_kwargs: Optional[Dict[str, torch.Tensor]] = None) -> GarmentFeatures:
         """Garment latents ``[N, 4, h, w]`` (clean, one garment per row) -> :class:`GarmentFeatures`.
 
         Runs the UNet once at ``timestep`` (0 [paper]); ``tokens[key]`` is ``[N, h_l*w_l, C]``.
         ``encoder_hidden_states`` ``[N or 1, S, D]``: ignored with context ``"none"`` (zeros are
-        passed), required otherwise.
+        passed), required otherwise.  ``added_cond_kwargs``: an SDXL-shaped UNet's ``text_embeds
+        [N or 1, P]`` and ``time_ids [N or 1, 6]`` (default zeros; ``conditioning.garment_cond`` builds
+        the garment pass's).
         """
         n = latents.shape[0]
         if len(slots) != n:
@@ -146,13 +146,15 @@ class GarmentsNet(nn.Module):
         self._slot_ids = self.gfe.slot_ids(slots, latents.device) if self.gfe is not None else None
         try:
             t = torch.full((n,), float(timestep), device=latents.device)
-            self.unet(latents, t, encoder_hidden_states=encoder_hidden_states,
-                      added_cond_kwargs=_zero_added_cond(self.unet, n, latents))
+            added = _zero_added_cond(self.unet, n, latents) if added_cond_kwargs is None else \
+                {k: v.expand(n, -1) if v.shape[0] == 1 else v for k, v in added_cond_kwargs.items()}
+            self.unet(latents, t, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added)
             tokens = {k: self._recording[k] for k in self.keys}
         finally:
             self._recording, self._slot_ids = None, None
-        w = list(weights) if weights is not None else [1.0] * n
-        return GarmentFeatures(tokens=tokens, slots=list(slots), weights=w, names=list(names or []), form=form)
+        return GarmentFeatures.of(tokens, slots, weights, names, form=form, gfe=self.gfe is not None,
+                                  base=base_shape(self.unet.config),
+                                  latent_hw=tuple(int(x) for x in latents.shape[-2:]))
 
 
 def _zero_added_cond(unet, n, like):
@@ -185,6 +187,7 @@ class DressingState:
     garment_rows: Optional[torch.Tensor] = None
     record_maps: bool = False
     maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)
+    kv: Dict[BlockKey, tuple] = field(default_factory=dict)  # K', V' per layer, for this context only
 
 
 class DressingAttnProcessor:
@@ -200,9 +203,9 @@ class DressingAttnProcessor:
         st = self.owner.state
         feats = st.features if st is not None else None
         if feats is None or feats.count == 0 or self.key not in feats.tokens or st.strength == 0.0:
-            # neutral settings are the plain model bit for bit (STYLE 10)
+            # neutral settings are the plain model bit for bit
             return _to_out(attn, sdpa_attention(q, k, v, attn.heads))
-        gk, gv = self.owner.garment_kv(self.key, attn, feats, x.dtype)
+        gk, gv = self.owner.garment_kv(self.key, attn, feats, x)
         form = st.form or feats.form or DAForm.SEPARATE
         weights = st.weights if st.weights is not None else feats.weights
         lengths = feats.lengths(self.key)
@@ -211,24 +214,22 @@ class DressingAttnProcessor:
             hw = tokens_hw(st.latent_hw, x.shape[1])
             regions = masks_to_tokens(st.region_masks.to(x.device), hw).to(x.dtype)
         b = x.shape[0]
-        rows = st.garment_rows
-        if rows is None:
-            rows = torch.ones(b, dtype=torch.bool, device=x.device)
-        rows = rows.to(x.device)
+        flags = [True] * b if st.garment_rows is None else [bool(r) for r in st.garment_rows.tolist()]
 
-        def on(idx):
-            r = regions if regions is None or regions.shape[0] == 1 else regions[idx]
-            res = dressing_attention(q[idx], k[idx], v[idx], gk, gv, attn.heads, lengths, strength=st.strength,
-                                     form=form, weights=weights, regions=r, return_maps=st.record_maps)
+        def dressed(rows: slice):
+            r = regions if regions is None or regions.shape[0] == 1 else regions[rows]
+            res = dressing_attention(q[rows], k[rows], v[rows], gk, gv, attn.heads, lengths, strength=st.strength,
+                                     form=form, weights=weights, regions=r, return_maps=st.record_maps,
+                                     token_size=feats.token_size(self.key))
             if st.record_maps:
                 res, maps = res
                 st.maps[self.key] = maps
             return res
 
-        def plain(idx):
-            return sdpa_attention(q[idx], k[idx], v[idx], attn.heads)
+        def plain(rows: slice):
+            return sdpa_attention(q[rows], k[rows], v[rows], attn.heads)
 
-        return _to_out(attn, select_rows(rows, on, plain, b))
+        return _to_out(attn, split_rows(flags, dressed, plain))
 
 
 class DressingAttention(nn.Module):
@@ -265,29 +266,14 @@ class DressingAttention(nn.Module):
         """``A_k`` per layer from the last call with ``record_maps=True``: ``{key: [B_on, T, N]}``."""
         return self.state.maps if self.state is not None else self._last_maps
 
-    def garment_kv(self, key, attn, feats: GarmentFeatures, dtype):
-        """K', V' ``[1, N*L, C]`` of one layer (see module docstring for the order of sources)."""
-        if feats.kv is not None and key in feats.kv:
-            gk, gv = feats.kv[key]
-            return gk.to(dtype), gv.to(dtype)
-        f = feats.flat(key).to(dtype)
-        if self.projections is not None:
-            return self.projections.kv(key, f)
-        return attn.to_k(f), attn.to_v(f)
-
-    def precompute(self, features: GarmentFeatures) -> GarmentFeatures:
-        """Features with ``kv`` from the installed projections or the UNet's own to_k/to_v; call once per run."""
-        if self.projections is not None:
-            return self.projections.project(features)
-        attn1 = attn1_modules(self._unet[0])
-        kv = {}
-        with torch.no_grad():
-            for key in features.tokens:
-                f = features.flat(key)
-                kv[key] = (attn1[key].to_k(f), attn1[key].to_v(f))
-        out = features.to()
-        out.kv = kv
-        return out
+    def garment_kv(self, key, attn, feats: GarmentFeatures, like: torch.Tensor):
+        """K', V' ``[1, N*L, C]`` of one layer, computed once per :meth:`use` context."""
+        cache = self.state.kv
+        if key not in cache:
+            if feats.projections is None and self.projections is not None:
+                feats = self.projections.attach(feats)
+            cache[key] = garment_kv(feats, key, attn.to_k, attn.to_v, like)
+        return cache[key]
 
     @contextlib.contextmanager
     def use(self, features: Optional[GarmentFeatures], strength: float = 1.0, form: Optional[str] = None,

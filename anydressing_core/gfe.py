@@ -28,11 +28,11 @@ import torch.nn as nn
 
 from .attention import sdpa_attention
 from .errors import AnyDressingError
-from .features import BlockKey, GarmentFeatures, key_from_str, key_to_str
+from .features import BlockKey, GarmentFeatures, key_from_options, key_from_str, key_to_str
 
 #: LoRA targets of a self-attention layer [paper: q, k, v; out from the paper's figure].
 LORA_TARGETS = ("q", "k", "v", "out")
-#: [choice] rank 64, alpha 8 like the closest released sibling (METHOD.md).
+#: [choice] rank 64, alpha 8, like the closest released sibling work (the paper gives no rank).
 DEFAULT_RANK = 64
 DEFAULT_ALPHA = 8.0
 
@@ -175,17 +175,12 @@ class GFEHooks:
         self.slot_ids = slot_ids
         self.attention = attention
 
-    @staticmethod
-    def key_of(extra_options) -> BlockKey:
-        block = extra_options["block"]
-        return (block[0], int(block[1]), int(extra_options.get("block_index", 0)))
-
     def attn1_patch(self, n, context, value, extra_options):
         extra_options[_N_KEY] = n
         return n, context, value
 
     def attn1_replace(self, q, k, v, extra_options):
-        key = self.key_of(extra_options)
+        key = key_from_options(extra_options)
         heads = extra_options["n_heads"]
         if self.lora.has(key):
             q, k, v = self.lora.qkv(key, extra_options.pop(_N_KEY), q, k, v, self.slot_ids)
@@ -195,7 +190,7 @@ class GFEHooks:
 
     def attn1_output_patch(self, out, extra_options):
         o = extra_options.pop(_O_KEY, None)
-        key = self.key_of(extra_options)
+        key = key_from_options(extra_options)
         if o is None or not self.lora.has(key):
             return out
         return self.lora.out(key, o, out, self.slot_ids)
@@ -234,24 +229,17 @@ class DAProjections(nn.Module):
         wk, wv = wk.to(device=f.device, dtype=f.dtype), wv.to(device=f.device, dtype=f.dtype)
         return f @ wk.t(), f @ wv.t()
 
-    def project(self, features: GarmentFeatures, dtype=None, device=None) -> GarmentFeatures:
-        """A copy of ``features`` with ``kv`` filled for every layer, ``[1, N*L, C]`` each.
-
-        Computed once per encode [paper: K', V' depend only on the garments], in ``dtype``.
-        """
+    def attach(self, features: GarmentFeatures) -> GarmentFeatures:
+        """``features`` carrying these projections (checked to cover every layer); K', V' are computed from
+        them once per sampling run (:func:`.features.garment_kv`) [paper: K', V' depend only on the garments]."""
         missing = [key_to_str(k) for k in features.tokens if not self.has(k)]
         if missing:
             raise AnyDressingError(
                 f"the adapter has no DA projections for layers {missing[:6]} of these garment features "
                 f"({len(self.keys)} adapter layers, {len(features.tokens)} feature layers); it was made "
                 "for a different UNet shape")
-        kv = {}
-        with torch.no_grad():
-            for key in features.tokens:
-                f = features.flat(key).to(device=device, dtype=dtype)
-                kv[key] = self.kv(key, f)
-        out = features.to(device=device, dtype=dtype)
-        out.kv = kv
+        out = features.to()
+        out.projections = self
         return out
 
     def tensors(self) -> Dict[str, torch.Tensor]:

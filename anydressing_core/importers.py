@@ -1,6 +1,6 @@
 """Importers for the nearest released weights, recognised by state-dict KEYS (never file names).
 
-Layouts (../shared/PEERS.md):
+Layouts of the released peer weights (docs/FORMAT.md lists the files):
 
 * ``diffusers_unet``: plain diffusers UNet keys (``conv_in.weight``, ``down_blocks.0...``).
   Alone it is MagicClothing "joint" (GarmentsNet only; DressingNet appends the garment tokens
@@ -12,7 +12,7 @@ Layouts (../shared/PEERS.md):
 * ``imagdressing``: ``ref_unet.*`` (diffusers UNet), ``adapter_modules.{2j}.to_k_ref.weight`` /
   ``to_v_ref.weight`` (same numbering), ``proj.*`` (an IP-Adapter-plus style resampler over
   CLIP-ViT-H tokens that IMAGDressing feeds to ref_unet's attn2).  The resampler is stored under
-  ``resampler.*``; Encode Garments runs it (:mod:`.resampler`) when a CLIP vision model is
+  ``resampler.*``; AnyDressing Encode Garments runs it (:mod:`.resampler`) when a CLIP vision model is
   connected, as docs/FORMAT.md says.
 
 All three are non-commercial (MagicClothing CC BY-NC-SA 4.0, IMAGDressing research only); the

@@ -4,10 +4,14 @@
         --prompt "a woman in a park" --seed 7 --checkpoint /models/sd15.safetensors --output out/
     python -m anydressing_run demo            # sample garments + multi-garment workflow, no downloads
     python -m anydressing_run list            # the shipped workflows
+    python -m anydressing_run upload-samples --server URL   # the pictures the shipped API files name
 
 WORKFLOW is an API-format JSON file or the name of a shipped one (``upper_lower_hat``). Without --server the
-runner starts its own headless ComfyUI (with --cpu when no GPU is found) and stops it afterwards.
-Exit codes: 0 ok, 2 bad input or invalid workflow (node errors printed), 3 server problem, 4 run failed.
+runner starts its own headless ComfyUI (with --cpu when no GPU is found) that writes only into a temporary
+folder, and stops it afterwards. Before sampling it says the settings it uses (--preset) and the time they
+will take. Ctrl-C or SIGTERM takes the run's own prompts off the server (queued or running).
+Exit codes: 0 ok, 2 bad input, invalid workflow or a node error before sampling (one line per failing node;
+the server's traceback with --verbose), 3 server problem, 4 the run failed later, 130/143 cancelled.
 """
 
 from __future__ import annotations
@@ -15,30 +19,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from . import presets
 from .client import ComfyClient
-from .errors import RunnerError
+from .demo import add_demo_args, cmd_demo
+from .errors import Cancelled, RunnerError
 from .graph import load_graph
-from .run import Substitutions, run_workflow
-from .server import PACK_DIR, ComfyServer
-from .workflow_specs import THIRD_PARTY, WORKFLOWS
-
-WORKFLOW_DIR = PACK_DIR / "workflows" / "api"
-
-
-def resolve_workflow(ref: str) -> Path:
-    path = Path(ref)
-    if path.suffix == ".json" or path.exists():
-        return path
-    for name in (ref, f"anydressing_{ref}"):
-        candidate = WORKFLOW_DIR / f"{name}.json"
-        if candidate.is_file():
-            return candidate
-    raise RunnerError(f"no workflow {ref!r}: not a file, and not one of: "
-                      + ", ".join(n.replace("anydressing_", "") for n in WORKFLOWS))
+from .run import Substitutions, check_files, run_workflow
+from .samples import upload_samples
+from .server import ComfyServer
+from .workflow_specs import THIRD_PARTY, WORKFLOWS, resolve_workflow, short_name
 
 
 def _pair(text: str, flag: str) -> tuple:
@@ -79,10 +73,14 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="URL of a running ComfyUI (default: start a headless one; env ANYDRESSING_SERVER)")
     g.add_argument("--comfyui", help="ComfyUI folder for the started server (default: $COMFYUI_PATH or ~/ComfyUI)")
     g.add_argument("--port", type=int, help="port of the started server (default: a free one)")
+    g.add_argument("--python", help="ComfyUI's Python for the started server (default: $COMFYUI_PYTHON, the "
+                                    "portable build's python_embeded, a venv inside the ComfyUI folder, or this "
+                                    "Python)")
     dev = g.add_mutually_exclusive_group()
     dev.add_argument("--cpu", dest="cpu", action="store_true", default=None, help="run the started server on the CPU")
     dev.add_argument("--gpu", dest="cpu", action="store_false", help="do not pass --cpu to the started server")
-    g.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
+    g.add_argument("--timeout", type=float, help="seconds to wait for the run (default: an hour, or three times "
+                                                 "the expected time when that is longer)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -104,6 +102,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="set any input; NODE is a node id or title; VALUE is JSON or a plain string")
     p.add_argument("--output", "-o", default="anydressing_outputs", help="folder for the pictures")
+    presets.add_arguments(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -125,7 +124,7 @@ def server_context(ns, folders: dict):
         if ns.port:
             raise RunnerError("--port is for the server the runner starts; with --server put the port in the URL")
         return nullcontext(None)
-    return ComfyServer(ns.comfyui, port=ns.port, cpu=ns.cpu, model_folders=folders)
+    return ComfyServer(ns.comfyui, port=ns.port, cpu=ns.cpu, model_folders=folders, python=ns.python)
 
 
 def cmd_run(ns) -> int:
@@ -133,22 +132,29 @@ def cmd_run(ns) -> int:
     graph = load_graph(path)
     folders = {}
     subs = build_substitutions(ns, started=not ns.server, folders=folders)
-    from .run import check_files
-
     check_files(subs)  # before a server is started
     with server_context(ns, folders) as srv:
         client = ComfyClient(ns.server or srv.url)
         written = run_workflow(graph, client, subs, ns.output, stem=path.stem, timeout=ns.timeout,
-                               progress=not ns.quiet)
+                               progress=not ns.quiet, preset=ns.preset, probe=ns.probe, say=say)
     for p in written:
         print(p)
+    return 0
+
+
+def cmd_upload_samples(ns) -> int:
+    """The shipped sample pictures into a running server, under the names the shipped workflows use."""
+    if not ns.server:
+        raise RunnerError("upload-samples needs --server URL (the ComfyUI to post the shipped workflows to)")
+    for name, path in upload_samples(ComfyClient(ns.server)).items():
+        print(f"{path} -> input/{name}")
     return 0
 
 
 def cmd_list(ns) -> int:
     for name, (_, description) in WORKFLOWS.items():
         tag = f"  [needs {THIRD_PARTY[name]}]" if name in THIRD_PARTY else ""
-        print(f"{name.replace('anydressing_', ''):26s} {description}{tag}")
+        print(f"{short_name(name):26s} {description}{tag}")
     return 0
 
 
@@ -166,25 +172,42 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="dress sample garments with the multi-garment workflow, no downloads",
                           parents=[common])
-    from .demo import add_demo_args, cmd_demo
-
     add_demo_args(demo)
     add_server_args(demo)
     demo.set_defaults(func=cmd_demo)
+    up = sub.add_parser("upload-samples", parents=[common],
+                        help="upload the sample pictures the shipped workflows name (workflows/inputs/)")
+    up.add_argument("--server", default=os.environ.get("ANYDRESSING_SERVER"), help="URL of a running ComfyUI")
+    up.set_defaults(func=cmd_upload_samples)
     lst = sub.add_parser("list", help="list the shipped workflows")
     lst.set_defaults(func=cmd_list)
     return p
+
+
+def say(message: str) -> None:
+    """What the runner tells its user while it works (stdout is kept for the written file paths)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _terminate(signum, frame):
+    raise Cancelled(signum)
 
 
 def main(argv=None) -> int:
     ns = parser().parse_args(argv)
     verbose = getattr(ns, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cancels like Ctrl-C does
     try:
         return ns.func(ns)
     except RunnerError as exc:
         print(f"anydressing-run: error: {exc}", file=sys.stderr)
+        if exc.details:
+            print("the server's traceback:\n" + exc.details.rstrip() if verbose else
+                  "(the server's traceback: run again with --verbose)", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("anydressing-run: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("anydressing-run: cancelled", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,9 @@ from pathlib import Path
 from .errors import RunnerError
 
 
+SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
+
+
 def is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
@@ -77,6 +80,31 @@ def consumers(graph: dict, node_id: str, output: int | None = None) -> list:
             if is_link(value) and value[0] == node_id and (output is None or value[1] == output):
                 found.append((nid, name))
     return found
+
+
+def upstream(graph: dict, node_id: str) -> set:
+    """``node_id`` and every node it depends on through links."""
+    seen, todo = set(), [node_id]
+    while todo:
+        nid = todo.pop()
+        if nid in seen or nid not in graph:
+            continue
+        seen.add(nid)
+        todo.extend(v[0] for v in graph[nid]["inputs"].values() if is_link(v))
+    return seen
+
+
+def before_sampling(graph: dict, node_id: str) -> bool:
+    """True when ``node_id`` feeds a sampler (strictly upstream), so it runs before any sampling starts."""
+    return any(node_id in upstream(graph, s) - {s} for t in SAMPLERS for s in nodes_of(graph, t))
+
+
+def label(graph: dict, node_id) -> str:
+    """``'Garment: upper' (node 3, AnyDressingGarment)``, or ``KSampler (node 7)`` for an untitled node."""
+    node = graph.get(str(node_id)) or {}
+    cls = node.get("class_type", "?")
+    name = (node.get("_meta") or {}).get("title")
+    return f"'{name}' (node {node_id}, {cls})" if name and name != cls else f"{cls} (node {node_id})"
 
 
 def find_node(graph: dict, ref: str) -> str:

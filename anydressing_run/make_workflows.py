@@ -1,4 +1,5 @@
-"""Regenerate ``workflows/*.json`` (UI format) and ``workflows/api/*.json`` (API format) from workflow_specs.
+"""Regenerate ``workflows/*.json`` (UI format), ``workflows/api/*.json`` (API format) from workflow_specs, and
+the sample pictures they name (``workflows/inputs/anydressing/*.png``).
 
     python -m anydressing_run.make_workflows [--server URL | --comfyui PATH] [--out workflows]
 
@@ -18,8 +19,9 @@ from pathlib import Path
 from .client import ComfyClient
 from .errors import RunnerError
 from .server import PACK_DIR, ComfyServer
+from .samples import SHIPPED_SEED, SHIPPED_SIZE, write_samples
 from .uiformat import EXTRA_SCHEMAS, api_to_ui, complete_widgets
-from .workflow_specs import THIRD_PARTY, WORKFLOWS
+from .workflow_specs import SAMPLES_DIR, SDXL_NOTE, SDXL_WORKFLOWS, THIRD_PARTY, WORKFLOWS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ NOTE = """# {title}
 
 - Put your SD1.5 checkpoint in the *Checkpoint* node and your garment pictures in the *Garment image* nodes
   (plain background or transparent PNG).
-- *Garment attention maps* shows where each garment lands (one colour per garment).
+- The pictures named here (`anydressing/...png`) are the pack's samples in `workflows/inputs/anydressing/`:
+  upload them into ComfyUI's `input/anydressing/` to run it as it is (see the pack's `workflows/README.md`).
+- *Garment attention maps* shows where each garment lands, one colour per garment, with a colour scale.
 {extra}"""
 
 
@@ -50,13 +54,15 @@ def render(name: str, object_info: dict) -> tuple:
         extra = (f"- **Third-party nodes**: this workflow needs {THIRD_PARTY[name]} (install it with the "
                  "ComfyUI Manager) and its FaceID models. AnyDressing itself works without it.\n")
     title = name.replace("anydressing_", "AnyDressing: ").replace("_", " ")
-    note = NOTE.format(title=title, description=description, extra=extra)
+    note = (SDXL_NOTE if name in SDXL_WORKFLOWS else NOTE).format(title=title, description=description, extra=extra)
     return graph, api_to_ui(graph, object_info, note=note)
 
 
 def write_all(out: Path, object_info: dict) -> list:
+    """Both formats of every workflow and the sample pictures they name (``inputs/anydressing/``)."""
     (out / "api").mkdir(parents=True, exist_ok=True)
-    written = []
+    samples = write_samples(out / SAMPLES_DIR.relative_to(SAMPLES_DIR.parents[1]), SHIPPED_SIZE, SHIPPED_SEED)
+    written = [path for key, path in samples.items() if key != "caption"]
     for name in WORKFLOWS:
         graph, ui = render(name, object_info)
         for path, data in ((out / "api" / f"{name}.json", graph), (out / f"{name}.json", ui)):

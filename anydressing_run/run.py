@@ -9,11 +9,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import presets
 from .client import ComfyClient, ProgressBar
 from .errors import RunnerError
+from .estimate import PROBE_STEPS, Estimate, Measurement, RunShape, duration_s, minutes, run_shape, step_gflop
+from .estimate import probe as measure
 from .graph import apply_sets, find_node, is_link, nodes_of, set_input, title
 
 log = logging.getLogger(__name__)
@@ -218,33 +222,119 @@ def save_outputs(client: ComfyClient, graph: dict, entry: dict, output_dir: Path
     return written
 
 
+def server_on_cpu(stats: dict) -> bool:
+    """True when ``/system_stats`` lists only CPU devices."""
+    devices = stats.get("devices") or []
+    return bool(devices) and all(str(d.get("type", "")).lower() == "cpu" for d in devices)
+
+
+def describe_settings(shape: RunShape | None, preset, why: str) -> str:
+    name = preset.name if preset else "workflow"
+    if shape is None:
+        return f"settings: {name} ({why})"
+    return (f"settings: {name} ({why}): {shape.width}x{shape.height}, {shape.steps} steps, "
+            f"{shape.garments} garment(s) at {shape.garment_size[0]}x{shape.garment_size[1]}")
+
+
+def describe_estimate(estimate: Estimate, measured: Measurement, shape: RunShape) -> str:
+    scaled = "" if measured.size == (shape.width, shape.height) else (
+        f" at {measured.size[0]}x{measured.size[1]}, scaled by the SD1.5 cost model")
+    return (f"expected: about {minutes(estimate.sampling_s)} of sampling ({estimate.seconds_per_step:.2f} s per "
+            f"step x {shape.steps} steps, plus one for the attention maps), from a probe on the server (1 against "
+            f"{1 + PROBE_STEPS} steps{scaled}); loading and encoding took {measured.setup_s:.0f} s and are not "
+            "repeated")
+
+
+def cpu_advice(shape: RunShape, measured: Measurement | None) -> str | None:
+    """On a CPU-only server: a warning when these settings are much more work than the CPU preview."""
+    quick = presets.PRESETS["cpu-preview"]
+    quick_shape = RunShape(shape.sampler, quick.steps, quick.width, quick.height, shape.garments, quick.garment_size)
+    cost = shape.steps * step_gflop(shape.width, shape.height, shape.garments, shape.garment_size)
+    quick_cost = quick.steps * step_gflop(quick.width, quick.height, shape.garments, quick.garment_size)
+    if cost <= 2 * quick_cost:
+        return None
+    if measured is None:
+        took = "take long here (tens of minutes with SD1.5)"
+        quick_took = ""
+    else:
+        took = f"take about {minutes(measured.estimate(shape).sampling_s)} here"
+        quick_took = f" (about {minutes(measured.estimate(quick_shape).sampling_s)})"
+    return (f"NOTE: the server has no GPU, and {shape.width}x{shape.height} with {shape.steps} steps will {took}. "
+            f"To go faster: --preset cpu-preview{quick_took}, or fewer --steps, or a smaller --width/--height.")
+
+
+class _OurPrompts:
+    """The prompts this run queued, so that a cancel takes exactly those off the server."""
+
+    def __init__(self, client: ComfyClient):
+        self.client = client
+        self.ids = []
+
+    def track(self, prompt_id: str) -> None:
+        self.ids.append(prompt_id)
+
+    def cancel(self) -> list:
+        """Cancel every one still queued or running; returns a line per prompt that was."""
+        done = []
+        for prompt_id in reversed(self.ids):
+            try:
+                done.append(self.client.cancel(prompt_id))
+            except (RunnerError, OSError) as exc:
+                done.append(f"prompt {prompt_id}: could not reach the server to cancel it ({exc})")
+        return [line for line in done if line]
+
+
 def run_workflow(graph: dict, client: ComfyClient, subs: Substitutions, output_dir, stem: str = "anydressing",
-                 timeout: float = 3600.0, progress: bool = True) -> list:
-    """Substitute, validate, upload, queue, wait and save. Returns the written image paths."""
+                 timeout: float | None = 3600.0, progress: bool = True, preset: str | None = None,
+                 probe: bool = False, say=log.info) -> list:
+    """Substitute, validate, upload, queue, wait and save. Returns the written image paths.
+
+    ``preset``: a name of ``presets.CHOICES`` (None keeps the workflow's values). ``probe``: measure the
+    server's speed first and ``say`` the expected time (see ``estimate``). On Ctrl-C / SIGTERM the prompts
+    this run queued are removed from the server's queue or interrupted, and the exception goes on; so on any
+    other failure, a timeout included. ``timeout`` None: an hour, or three times the expected time."""
     check_files(subs)
-    client.ping()
+    on_cpu = server_on_cpu(client.ping())
+    chosen, why = presets.choose(preset, on_cpu)
+    subs = presets.apply(subs, chosen)
     object_info = client.object_info()
     uploaded = {str(p): client.upload_image(p) for p in dict.fromkeys(subs.local_files())}
     final = substitute(graph, subs, uploaded)
     check_nodes(final, object_info)
     check_model_names(final, object_info)
-    ws = client.open_ws() if progress else None
+    shape = run_shape(final)
+    if preset is not None:
+        say(describe_settings(shape, chosen, why))
+    ours = _OurPrompts(client)
+    ws = None
     try:
-        prompt_id = client.queue(final)
-    except BaseException:
+        measured = None
+        if probe and shape is not None and "PreviewAny" in object_info:
+            measured = measure(client, final, shape, on_cpu, track=ours.track)
+            say(describe_estimate(measured.estimate(shape), measured, shape))
+        if on_cpu and shape is not None:
+            advice = cpu_advice(shape, measured)
+            if advice:
+                say(advice)
+        ws = client.open_ws() if progress else None
+        prompt_id = uuid.uuid4().hex
+        ours.track(prompt_id)  # before queueing: a cancel that comes while the request is on its way finds it
+        client.queue(final, prompt_id)
+        log.info("queued prompt %s", prompt_id)
+        bar = ProgressBar(final) if progress else None
+        if timeout is None:  # an hour, or three times the expected time when that is longer
+            expected = measured.estimate(shape) if measured is not None else None
+            timeout = max(3600.0, 3 * (expected.sampling_s + expected.setup_s)) if expected else 3600.0
+        entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
+        took = duration_s(entry)
+        if measured is not None and took is not None:
+            say(f"the server took {minutes(took)} for the run "
+                f"(expected about {minutes(measured.estimate(shape).sampling_s)} of sampling)")
+    except BaseException:  # Ctrl-C, SIGTERM, a timeout: nothing of this run keeps running on the server
+        for line in ours.cancel():
+            say(line)
+        raise
+    finally:
         if ws is not None:
             ws.close()
-        raise
-    log.info("queued prompt %s", prompt_id)
-    bar = ProgressBar(final) if progress else None
-    try:
-        entry = client.wait(prompt_id, final, timeout=timeout, progress=bar, ws=ws)
-    except KeyboardInterrupt:
-        # stop the server's work too: drop the prompt if still queued, interrupt it if running
-        try:
-            client.post_json("/queue", {"delete": [prompt_id]})
-            client.post_json("/interrupt", {"prompt_id": prompt_id})  # only ours, on a shared server
-        except (RunnerError, OSError):
-            pass
-        raise
     return save_outputs(client, final, entry, Path(output_dir), stem)

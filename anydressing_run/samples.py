@@ -1,7 +1,8 @@
-"""Sample inputs drawn on the spot (numpy/opencv, no downloads): garments, a person photo, its clothing mask,
-an OpenPose-style pose picture and a face crop, under the file names the shipped workflows use.
+"""Sample inputs: garments, a person photo, its clothing mask, an OpenPose-style pose picture and a face crop.
 
-The pictures come from the project's procedural mannequin (``anydressing_core.synthetic``, pure numpy).
+``write_samples`` draws them on the spot (numpy/opencv, no downloads) from the project's procedural mannequin
+(``anydressing_core.synthetic``); the copies shipped in ``workflows/inputs/anydressing/`` are its output at
+384x384, seed 0. ``upload_samples`` sends the shipped copies to a server under the names the workflows use.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from pathlib import Path
 
 from .errors import RunnerError
 from .server import PACK_DIR
-from .workflow_specs import GARMENT_FILES
+from .workflow_specs import SAMPLE_FILES, SAMPLE_SUBFOLDER, SAMPLES_DIR, sample
 
-PERSON, PERSON_MASK, POSE, FACE = ("anydressing_person.png", "anydressing_person_mask.png", "anydressing_pose.png",
-                                   "anydressing_face.png")
+SHIPPED_SIZE, SHIPPED_SEED = 384, 0
 
 
 def _synthetic():
@@ -29,8 +29,9 @@ def _synthetic():
     return synthetic
 
 
-def write_samples(folder, size: int = 384, seed: int = 0) -> dict:
-    """Write the sample inputs into ``folder``; returns ``{file name: Path}`` (also ``"caption"``: str).
+def write_samples(folder, size: int = SHIPPED_SIZE, seed: int = SHIPPED_SEED) -> dict:
+    """Draw the sample inputs into ``folder``; returns ``{key: Path}`` for the keys of ``SAMPLE_FILES``, plus
+    ``"caption"``: str.
 
     Garments (upper, lower, hat) come from one mannequin, the person photo from another, so a try-on visibly
     changes the clothes. Pictures are ``size`` x ``size`` RGB PNGs; the mask is white where clothes are.
@@ -45,24 +46,48 @@ def write_samples(folder, size: int = 384, seed: int = 0) -> dict:
     person = syn.render_sample(0, size=size, seed=seed, slots=("upper", "lower"))
     out = {}
 
-    def save(name, rgb):
-        path = folder / name
+    def save(key, rgb):
+        path = folder / SAMPLE_FILES[key]
         arr = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
         if not cv2.imwrite(str(path), arr):
             raise RunnerError(f"could not write the sample picture {path}")
-        out[name] = path
+        out[key] = path
 
     for garment in dressed.garments:
-        save(GARMENT_FILES[garment.spec.slot], garment.image)
-    save(PERSON, person.person)
+        save(garment.spec.slot, garment.image)
+    save("person", person.person)
     clothes = np.zeros((size, size), bool)
     for garment in person.garments:
         clothes |= garment.mask
-    save(PERSON_MASK, clothes.astype(np.uint8) * 255)
-    save(POSE, syn.pose_image(person.keypoints, size))
+    save("person_mask", clothes.astype(np.uint8) * 255)
+    save("pose", syn.pose_image(person.keypoints, size))
     head = person.keypoints[0]
     half = max(8, size // 8)
     x0, y0 = int(np.clip(head[0] - half, 0, size - 2 * half)), int(np.clip(head[1] - half, 0, size - 2 * half))
-    save(FACE, person.person[y0:y0 + 2 * half, x0:x0 + 2 * half])
+    save("face", person.person[y0:y0 + 2 * half, x0:x0 + 2 * half])
     out["caption"] = dressed.caption
     return out
+
+
+def shipped_samples() -> dict:
+    """``{key: Path}`` of the sample pictures shipped in ``workflows/inputs/anydressing/``."""
+    found = {key: SAMPLES_DIR / name for key, name in SAMPLE_FILES.items()}
+    missing = [str(p) for p in found.values() if not p.is_file()]
+    if missing:
+        raise RunnerError(f"shipped sample pictures missing: {', '.join(missing)} (regenerate them with "
+                          "python -m anydressing_run.make_workflows)")
+    return found
+
+
+def upload_samples(client) -> dict:
+    """Upload the shipped samples into the server's ``input/anydressing/`` under their own names, so that the
+    shipped API workflows run as they are. Nothing is overwritten: if another picture already has one of
+    these names there, the server keeps it and this raises RunnerError. Returns ``{LoadImage value: Path}``."""
+    done = {}
+    for key, path in shipped_samples().items():
+        got = client.upload_image(path, subfolder=SAMPLE_SUBFOLDER, name=path.name)
+        if got != sample(key):
+            raise RunnerError(f"the server already has another picture named {sample(key)} in its input folder "
+                              f"(it stored the sample as {got}); move that picture away or use --garment/--image")
+        done[got] = path
+    return done

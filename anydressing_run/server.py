@@ -3,12 +3,14 @@
 Imports no ComfyUI module: the server is a separate process (``python main.py --listen 127.0.0.1 --port N``),
 so this works from any Python that has the standard library. The pack is added to a server that does not
 already have it through ``--extra-model-paths-config`` (its ``custom_nodes`` key points at a temporary folder
-holding a symlink to the pack) [choice: never writes into the user's ComfyUI folder].
+holding a symlink to the pack). Everything the server writes (uploads, pictures, previews, settings, its
+database) goes to that temporary work folder (``sandbox.server_args``): the user's ComfyUI folder is only read.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import logging
 import os
 import shutil
@@ -23,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import RunnerError
+from .sandbox import server_args
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,28 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
     looked = ", ".join(str(c) for c in candidates)
     raise RunnerError(f"no ComfyUI found (looked in: {looked}); expected a folder with main.py and comfy/. "
                       "Pass --comfyui PATH or set COMFYUI_PATH.", exit_code=3)
+
+
+def comfyui_python(comfyui: Path, explicit: str | None = None) -> str:
+    """The Python that runs ComfyUI (the runner itself may run on any Python 3.10+): ``explicit``, else
+    ``$COMFYUI_PYTHON``, else the portable build's ``python_embeded``, else a venv inside the ComfyUI folder,
+    else this Python when it has torch. Raises RunnerError saying how to point at it."""
+    chosen = explicit or os.environ.get("COMFYUI_PYTHON")
+    if chosen:
+        if not Path(chosen).expanduser().is_file():
+            raise RunnerError(f"ComfyUI's Python not found at {chosen} (--python / COMFYUI_PYTHON)", exit_code=3)
+        return str(Path(chosen).expanduser())
+    comfyui = Path(comfyui)
+    for candidate in (comfyui.parent / "python_embeded" / "python.exe",
+                      *(comfyui / venv / sub for venv in ("venv", ".venv")
+                        for sub in ("bin/python", "Scripts/python.exe"))):
+        if candidate.is_file():
+            return str(candidate)
+    if importlib.util.find_spec("torch") is None:
+        raise RunnerError(f"this Python ({sys.executable}) has no torch, so it cannot run ComfyUI: pass --python "
+                          "with ComfyUI's own Python (portable build: python_embeded\\python.exe; a venv: its "
+                          "bin/python) or set COMFYUI_PYTHON", exit_code=3)
+    return sys.executable
 
 
 def pack_installed_in(comfyui: Path) -> bool:
@@ -111,7 +136,8 @@ class ComfyServer:
     """A headless ComfyUI subprocess. Use as a context manager; ``url`` is ready on entry.
 
     ``model_folders``: extra ``{folder_key: [paths]}`` (e.g. ``{"checkpoints": [dir]}``).
-    ``base_directory``: isolate everything (models, custom_nodes, input, output, user) in that folder.
+    ``base_directory``: also take models and custom_nodes from that folder (and keep input, output, temp, user
+    and the database there); without it they all live in the temporary work folder, removed by ``cleanup``.
     The server's own log goes to ``<work>/comfyui.log``; its tail is in every start-up error.
     """
 
@@ -127,7 +153,7 @@ class ComfyServer:
         self.base_directory = Path(base_directory) if base_directory else None
         self.output_directory = output_directory
         self.input_directory = input_directory
-        self.python = python or sys.executable
+        self.python = comfyui_python(self.comfyui, python)
         self.extra_args = list(extra_args)
         self.load_pack = load_pack
         self.startup_timeout = startup_timeout
@@ -138,6 +164,11 @@ class ComfyServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def data_root(self) -> Path:
+        """The folder holding the server's input, output, temp and user folders."""
+        return self.base_directory or self.work
 
     @property
     def log_path(self) -> Path:
@@ -156,13 +187,9 @@ class ComfyServer:
             cmd.append("--cpu")
         if self.base_directory:
             cmd += ["--base-directory", str(self.base_directory)]
-        # [choice] a started server saves into its temporary work folder: the runner downloads what it needs,
-        # and the user's ComfyUI/output is not filled with test and demo pictures
-        output = self.output_directory or (None if self.base_directory else self.work / "output")
-        if output:
-            cmd += ["--output-directory", str(output)]
-        if self.input_directory:
-            cmd += ["--input-directory", str(self.input_directory)]
+        # [choice] the server writes only into a folder the runner created: the runner uploads what a run needs
+        # and downloads what it saved, so the user's input/output/user folders are never touched
+        cmd += server_args(self.base_directory or self.work, self.input_directory, self.output_directory)
         folders = dict(self.model_folders)
         if self.load_pack and not self._pack_present():
             nodes_dir = self.work / "custom_nodes"

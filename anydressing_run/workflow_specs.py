@@ -3,12 +3,17 @@
 Defaults follow the paper where it speaks [paper]: lambda (strength) 0.7, one guidance scale 6.0, DDIM with
 30 steps (ComfyUI sampler "ddim", scheduler "ddim_uniform"), 576x768 output (3:4). Everything else is a
 [choice]: garments encoded at 384x512, the negative prompt, denoise values of the photo workflows.
-Titles matter: the runner finds prompts, pictures and outputs by them (see ``anydressing_run.cli``).
+Titles matter: the runner finds prompts, pictures and outputs by them (see ``anydressing_run.run``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from .errors import RunnerError
 from .graph import GraphBuilder
+
+API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "api"
 
 WIDTH, HEIGHT = 576, 768  # [paper] 768x576 portrait
 STEPS, CFG, STRENGTH = 30, 6.0, 0.7  # [paper]
@@ -16,7 +21,22 @@ SAMPLER, SCHEDULER = "ddim", "ddim_uniform"  # [paper] DDIM
 SEED = 42
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 NEGATIVE = "lowres, blurry, bad anatomy, bad hands, extra limbs, deformed clothes, watermark, text"
-GARMENT_FILES = {"upper": "anydressing_upper.png", "lower": "anydressing_lower.png", "hat": "anydressing_hat.png"}
+
+# Sample pictures: workflows/inputs/anydressing/<file>, uploaded into the server's input/anydressing/ (see
+# workflows/README.md); the workflows name them as "anydressing/<file>", which is what LoadImage lists.
+SAMPLE_SUBFOLDER = "anydressing"
+SAMPLES_DIR = API_DIR.parent / "inputs" / SAMPLE_SUBFOLDER
+SAMPLE_FILES = {"upper": "upper.png", "lower": "lower.png", "hat": "hat.png", "person": "person.png",
+                "person_mask": "person_mask.png", "pose": "pose.png", "face": "face.png"}
+# LoadImage titles -> the sample each one shows (garment loaders are titled "Garment image: <slot>")
+PHOTO_SAMPLES = {"Person photo": "person", "Clothing mask": "person_mask", "Subject photo": "person",
+                 "Pose image": "pose", "Face photo": "face"}
+
+
+def sample(key: str) -> str:
+    """The LoadImage value of a sample picture, e.g. ``anydressing/upper.png``."""
+    return f"{SAMPLE_SUBFOLDER}/{SAMPLE_FILES[key]}"
+
 APPLY_DEFAULTS = dict(strength=STRENGTH, start_percent=0.0, end_percent=1.0, form="auto",
                       cfg_policy="garments in positive only (paper)")
 
@@ -28,7 +48,7 @@ def _garments(g, ckpt, slots):
     """LoadImage + AnyDressingGarment chain for ``slots``, then Encode Garments; returns the features node."""
     chain = None
     for slot in slots:
-        img = g.add("LoadImage", f"Garment image: {slot}", image=GARMENT_FILES[slot])
+        img = g.add("LoadImage", f"Garment image: {slot}", image=sample(slot))
         extra = {"garments": chain} if chain is not None else {}
         chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=img, slot=slot, weight=1.0, **extra)
     return g.add("AnyDressingEncodeGarments", "Encode Garments", model=ckpt[0], vae=ckpt[2], garments=chain,
@@ -98,7 +118,7 @@ def openpose_controlnet():
     model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features, **APPLY_DEFAULTS)
     pos, neg = _text(g, ckpt[1], "a full-body photo of a woman wearing a t-shirt and trousers, plain background")
     control = g.add("ControlNetLoader", "OpenPose ControlNet", control_net_name="control_v11p_sd15_openpose.pth")
-    pose = g.add("LoadImage", "Pose image", image="anydressing_pose.png")
+    pose = g.add("LoadImage", "Pose image", image=sample("pose"))
     applied = g.add("ControlNetApplyAdvanced", "Apply pose", positive=pos, negative=neg, control_net=control,
                     image=pose, strength=1.0, start_percent=0.0, end_percent=1.0)
     latent = g.add("EmptyLatentImage", "Output size", width=WIDTH, height=HEIGHT, batch_size=1)
@@ -113,7 +133,7 @@ def ipadapter_faceid():
     ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=CHECKPOINT)
     loader = g.add("IPAdapterUnifiedLoaderFaceID", "IPAdapter FaceID loader (ComfyUI_IPAdapter_plus)",
                    model=ckpt[0], preset="FACEID PLUS V2", lora_strength=0.6, provider="CPU")
-    face = g.add("LoadImage", "Face photo", image="anydressing_face.png")
+    face = g.add("LoadImage", "Face photo", image=sample("face"))
     faceid = g.add("IPAdapterFaceID", "IPAdapter FaceID (ComfyUI_IPAdapter_plus)", model=loader[0],
                    ipadapter=loader[1], image=face, weight=0.85, weight_faceidv2=1.0, weight_type="linear",
                    combine_embeds="concat", start_at=0.0, end_at=1.0, embeds_scaling="V only")
@@ -125,8 +145,8 @@ def ipadapter_faceid():
     return g.graph
 
 
-def _photo(g, title, filename):
-    img = g.add("LoadImage", title, image=filename)
+def _photo(g, title):
+    img = g.add("LoadImage", title, image=sample(PHOTO_SAMPLES[title]))
     return g.add("ImageScale", f"Resize: {title.lower()}", image=img, upscale_method="bicubic", width=WIDTH,
                  height=HEIGHT, crop="center")
 
@@ -137,8 +157,8 @@ def tryon_inpaint():
     ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=CHECKPOINT)
     features = _garments(g, ckpt, ["upper", "lower"])
     model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features, **APPLY_DEFAULTS)
-    person = _photo(g, "Person photo", "anydressing_person.png")
-    mask_img = _photo(g, "Clothing mask", "anydressing_person_mask.png")
+    person = _photo(g, "Person photo")
+    mask_img = _photo(g, "Clothing mask")
     mask = g.add("ImageToMask", "Mask from red channel", image=mask_img, channel="red")
     grown = g.add("GrowMask", "Grow mask", mask=mask, expand=8, tapered_corners=True)
     pos, neg = _text(g, ckpt[1], "a photo of a person wearing a t-shirt and trousers")
@@ -160,7 +180,7 @@ def img2img_keep_subject():
     ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=CHECKPOINT)
     features = _garments(g, ckpt, ["upper", "lower"])
     model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features, **APPLY_DEFAULTS)
-    subject = _photo(g, "Subject photo", "anydressing_person.png")
+    subject = _photo(g, "Subject photo")
     pos, neg = _text(g, ckpt[1], "a photo of the same person wearing a t-shirt and trousers")
     latent = g.add("VAEEncode", "Encode subject", pixels=subject, vae=ckpt[2])
     _finish(g, ckpt, model, ckpt[1], pos, neg, latent, denoise=0.6, name="img2img")
@@ -179,3 +199,96 @@ WORKFLOWS = {
     "anydressing_img2img_keep_subject": (img2img_keep_subject, "img2img that keeps the subject of a photo and "
                                          "dresses it."),
 }
+
+
+def short_name(name: str) -> str:
+    """``anydressing_upper_lower_hat`` -> ``upper_lower_hat``: the name users type."""
+    return name.removeprefix("anydressing_")
+
+
+def resolve_workflow(ref: str) -> Path:
+    """An API workflow file: ``ref`` itself when it is a path, else a shipped workflow by (short) name."""
+    path = Path(ref)
+    if path.suffix == ".json" or path.exists():
+        return path
+    for name in (ref, f"anydressing_{ref}"):
+        candidate = API_DIR / f"{name}.json"
+        if candidate.is_file():
+            return candidate
+    raise RunnerError(f"no workflow {ref!r}: not a file, and not one of: " + ", ".join(map(short_name, WORKFLOWS)))
+
+
+# --- SDXL ------------------------------------------------------------------------------------------------------
+# [choice] SDXL's 832x1216 portrait bucket; garments at 768x1024 give SDXL's first attention level (1/16 of the
+# pixels) 48x64 tokens per garment, what 384x512 gives SD1.5's (1/8). The paper's sampler settings are kept.
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_WIDTH, SDXL_HEIGHT = 832, 1216
+SDXL_GARMENT_SIZE = (768, 1024)
+# [choice] at most 4096 garment tokens per layer (one 1024 px garment's first level): three garments pool that
+# level 2x2 and keep the deeper ones whole (docs/SDXL.md has the cost and fidelity figures).
+SDXL_TOKEN_BUDGET = 4096
+SDXL_CONTROLNET = "OpenPoseXL2.safetensors"
+SDXL_NOTE = """# {title}
+
+{description}
+
+**AnyDressing** (Li et al., CVPR 2025) dresses the generated person in every garment of the
+*Garment* chain, here on an **SDXL-family** checkpoint (SDXL, Pony, Illustrious, Juggernaut, ...).
+Sampler settings follow the paper: strength (lambda) 0.7, cfg 6, DDIM 30 steps; 832x1216 output.
+
+- Put your SDXL checkpoint in the *Checkpoint* node and your garment pictures in the *Garment image* nodes
+  (plain background or transparent PNG). Its CLIP goes to *Encode Garments* too (SDXL's garment pass reads
+  the empty prompt's pooled embedding).
+- The pictures named here (`anydressing/...png`) are the pack's samples in `workflows/inputs/anydressing/`:
+  upload them into ComfyUI's `input/anydressing/` to run it as it is (see the pack's `workflows/README.md`).
+- *Apply AnyDressing* keeps at most 4096 garment tokens per layer (garment_token_budget; 0 = all).
+- *Garment attention maps* shows where each garment lands, one colour per garment, with a colour scale.
+{extra}"""
+
+
+def _sdxl_garments(g, ckpt, slots):
+    """The garment chain and Encode Garments for SDXL: the checkpoint's CLIP in, garments at 768x1024."""
+    chain = None
+    for slot in slots:
+        img = g.add("LoadImage", f"Garment image: {slot}", image=sample(slot))
+        extra = {"garments": chain} if chain is not None else {}
+        chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=img, slot=slot, weight=1.0, **extra)
+    width, height = SDXL_GARMENT_SIZE
+    return g.add("AnyDressingEncodeGarments", "Encode Garments", model=ckpt[0], vae=ckpt[2], garments=chain,
+                 width=width, height=height, clip=ckpt[1])
+
+
+def _sdxl(name, slots, prompt, pose=False):
+    g = GraphBuilder()
+    ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=SDXL_CHECKPOINT)
+    features = _sdxl_garments(g, ckpt, slots)
+    model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features,
+                  garment_token_budget=SDXL_TOKEN_BUDGET, **APPLY_DEFAULTS)
+    pos, neg = _text(g, ckpt[1], prompt)
+    if pose:
+        control = g.add("ControlNetLoader", "OpenPose ControlNet (SDXL)", control_net_name=SDXL_CONTROLNET)
+        image = g.add("LoadImage", "Pose image", image=sample("pose"))
+        applied = g.add("ControlNetApplyAdvanced", "Apply pose", positive=pos, negative=neg, control_net=control,
+                        image=image, strength=1.0, start_percent=0.0, end_percent=1.0)
+        pos, neg = applied[0], applied[1]
+    latent = g.add("EmptyLatentImage", "Output size", width=SDXL_WIDTH, height=SDXL_HEIGHT, batch_size=1)
+    _finish(g, ckpt, model, ckpt[1], pos, neg, latent, name=name)
+    return g.graph
+
+
+def sdxl_upper_lower_hat():
+    return _sdxl("sdxl_outfit", ["upper", "lower", "hat"],
+                 "a full-body photo of a man wearing a t-shirt, trousers and a hat, standing, plain studio background")
+
+
+def sdxl_openpose_controlnet():
+    return _sdxl("sdxl_openpose", ["upper", "lower"],
+                 "a full-body photo of a woman wearing a t-shirt and trousers, plain background", pose=True)
+
+
+SDXL_WORKFLOWS = {
+    "anydressing_sdxl_upper_lower_hat": (sdxl_upper_lower_hat, "SDXL: top, trousers and hat at once, 832x1216."),
+    "anydressing_sdxl_openpose_controlnet": (sdxl_openpose_controlnet, "SDXL: pose from an OpenPose ControlNet for "
+                                             "SDXL (replace the ControlNet file name), 832x1216."),
+}
+WORKFLOWS.update(SDXL_WORKFLOWS)

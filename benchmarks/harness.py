@@ -1,24 +1,22 @@
 """Loading the host in-process and building random-weight models for the benchmarks (no downloads).
 
-- ``load_host(gpu)``: imports ComfyUI from ``COMFYUI_PATH`` / ``~/ComfyUI`` (CPU mode unless ``gpu``) and
-  loads this pack the way ComfyUI loads a custom node folder.
+- ``Host(gpu, attention)``: the shared in-process host (``devtools.comfy_host``), with progress bars off so
+  benchmark output stays a table, and the name of the attention kernel ComfyUI picked.
 - ``build_unet(host, preset)``: a random-weight UNet MODEL (``comfy.sd.load_diffusion_model_state_dict``),
-  either a tiny preset of ``nodes/tiny_models.py`` or ``"sd15"``, the real SD1.5 UNet config (860 M params).
+  either a tiny preset of ``devtools/tiny_models.py`` or ``"sd15"``, the real SD1.5 UNet config (860 M params).
 - ``build_vae(host)``: a random TAESD VAE (latents ``[B, 4, H/8, W/8]``), enough to run Encode Garments.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from devtools import tiny_models
+from devtools.comfy_host import InProcessHost
+
 log = logging.getLogger(__name__)
 
 #: The real SD1.5 UNet (comfy/model_detection.py ``SD15``), for the full-size GPU benchmark.
@@ -26,55 +24,18 @@ SD15_UNET = dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transfo
                  transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1)
 
 
-def find_host() -> Path:
-    for c in (os.environ.get("COMFYUI_PATH"), str(Path.home() / "ComfyUI")):
-        if c and (Path(c).expanduser() / "comfy").is_dir():
-            return Path(c).expanduser().resolve()
-    if REPO.parent.name == "custom_nodes":
-        return REPO.parent.parent
-    raise SystemExit("no ComfyUI found: set COMFYUI_PATH or extract it to ~/ComfyUI (shared/HOST.md)")
-
-
-class Host:
-    """ComfyUI's modules plus this pack, loaded in this process."""
+class Host(InProcessHost):
+    """ComfyUI's modules plus this pack, loaded in this process, for benchmarks."""
 
     def __init__(self, gpu: bool, attention: str = "default"):
-        path = find_host()
-        sys.path.insert(0, str(path))
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        from comfy.cli_args import args
-
-        args.cpu = not gpu  # before comfy.model_management is imported (HOST.md)
-        if attention == "pytorch":
-            args.use_pytorch_cross_attention = True
-        elif attention == "split":
-            args.use_split_cross_attention = True
-        import comfy.model_management
+        super().__init__(gpu=gpu, attention=attention)
         import comfy.ldm.modules.attention as attn
+        import comfy.model_management
         import comfy.utils
 
-        comfy.utils.PROGRESS_BAR_ENABLED = False  # benchmark output stays a table
-        import nodes
-
-        self.path = path
-        self.nodes = nodes
+        comfy.utils.set_progress_bar_enabled(False)  # benchmark output stays a table
         self.mm = comfy.model_management
         self.attention_name = attn.optimized_attention.__name__
-        if not asyncio.run(nodes.load_custom_node(str(REPO))):
-            raise SystemExit("the pack failed to import into ComfyUI; see the log above")
-        self.pack = sys.modules[str(REPO).replace(".", "_x_")]
-
-    def run(self, node_id: str, **inputs):
-        cls = self.nodes.NODE_CLASS_MAPPINGS[node_id]
-        out = getattr(cls(), cls.FUNCTION)(**inputs)
-        return out["result"] if isinstance(out, dict) else out
-
-    def module(self, dotted: str):
-        import importlib
-
-        return importlib.import_module(f"{self.pack.__name__}.{dotted}")
 
 
 def unet_state_dict(host: Host, preset: str, seed: int = 0) -> dict:
@@ -82,7 +43,7 @@ def unet_state_dict(host: Host, preset: str, seed: int = 0) -> dict:
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    tiny = host.module("nodes.tiny_models")
+    tiny = tiny_models
     cfg = tiny.unet_config("recommended")
     if preset == "sd15":
         cfg.update(SD15_UNET)
@@ -106,8 +67,7 @@ def build_unet(host: Host, preset: str, seed: int = 0):
 def build_vae(host: Host, seed: int = 2):
     import comfy.sd
 
-    tiny = host.module("nodes.tiny_models")
-    return comfy.sd.VAE(sd=tiny._taesd_sd(seed))
+    return comfy.sd.VAE(sd=tiny_models._taesd_sd(seed))
 
 
 def conditioning(seed: int, tokens: int = 77, dim: int = 768):

@@ -1,9 +1,9 @@
-"""Where AnyDressing's overhead beyond the attention kernel goes, on the tiny CPU UNet (issue 7).
+"""Where AnyDressing's overhead beyond the attention kernel goes, on the tiny CPU UNet.
 
 Run from the repo root (pinned, as docs/PERFORMANCE.md does)::
 
-    taskset -c 0 env OMP_NUM_THREADS=1 ~/venv/bin/python -m benchmarks.percall          # 64x64, N=1
-    taskset -c 0 env OMP_NUM_THREADS=1 ~/venv/bin/python -m benchmarks.percall --res 128x128 --n 2
+    taskset -c 0 env OMP_NUM_THREADS=1 python -m benchmarks.percall          # 64x64, N=1
+    taskset -c 0 env OMP_NUM_THREADS=1 python -m benchmarks.percall --res 128x128 --n 2
 
 It prints two figures:
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         feats = b.host.run("AnyDressingEncodeGarments", model=b.model, vae=b.vae, garments=garment_chain(b.host, ns.n),
                            width=w, height=h)[0]
     dressed = b.apply(feats)
-    shared = b.find_shared(dressed)
+    shared = b.find_patch(dressed)
     replaces = dressed.model_options["transformer_options"]["patches_replace"]["attn1"]
     key = next(iter(feats.tokens))
     fn = replaces[key]

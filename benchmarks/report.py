@@ -148,7 +148,7 @@ def print_report(result: dict, file=sys.stdout):
           "Tiny CPU models exaggerate fixed per-call overheads.", file=file)
     for res in result["resolutions"]:
         print("\n".join(table(res, s["steps"])), file=file)
-    print("\nTargets (issue 7):", file=file)
+    print("\nTargets (docs/PERFORMANCE.md):", file=file)
     print("\n".join(targets(result)), file=file)
     print(readme_line(result), file=file)
     if result.get("partial"):

@@ -1,9 +1,9 @@
-"""Speed and memory of AnyDressing against the same sampling without it (issue 7).
+"""Speed and memory of AnyDressing against the same sampling without it.
 
 Run from the repo root::
 
-    ~/venv/bin/python -m benchmarks.speed                      # tiny CPU model, minutes
-    ~/venv/bin/python -m benchmarks.speed --quick              # smoke run, under a minute
+    python -m benchmarks.speed                      # tiny CPU model, minutes
+    python -m benchmarks.speed --quick              # smoke run, under a minute
     python -m benchmarks.speed --gpu --time-limit 480          # full-size random SD1.5, 512x512 and 576x768
 
 For every resolution and N = 1..4 garments it alternates plain and dressed KSampler runs (same model,
@@ -81,7 +81,7 @@ class Bench:
         common = self.host.module("nodes.common")
         self.attn1_modules = common.attn1_modules
         self.compute_dtype = str(common.compute_dtype(self.model))
-        self.find_shared = self.host.module("nodes.patch").find_shared
+        self.find_patch = self.host.module("nodes.patch").find_patch
         self.partial = False
 
     def out_of_time(self) -> bool:
@@ -159,7 +159,7 @@ class Bench:
             log.info("  N=%d: encode", n)
             feats, enc, vae = self.encode(n, w, h)
             dressed = self.apply(feats)
-            shared = self.find_shared(dressed)
+            shared = self.find_patch(dressed)
             dressed_flops = count_flops(lambda: self.sample(dressed, latent))  # doubles as the warm-up run
             calls_one_run = shared.calls
             log.info("  N=%d: %d alternating plain/dressed runs", n, ns.repeats)
@@ -191,7 +191,7 @@ class Bench:
                                                 if pred > 1 else None),
                 "plain_gflops_per_s": plain_flops / plain_s.median_s / 1e9,
                 "features_mib": feat_bytes / 2**20, "features_dtype": str(next(iter(feats.tokens.values())).dtype),
-                "kv_cache_mib": 2 * feat_bytes / 2**20 if feats.kv is None else 0.0,
+                "kv_cache_mib": 2 * feat_bytes / 2**20,  # K'/V' of every layer, held for the run
                 "encode": enc.as_dict(), "vae_encode": vae.as_dict(),
                 "encode_over_step": enc.median_s / step.median_s,
                 "encode_over_step_cpu": (enc.as_dict()["cpu_median_s"] / step.as_dict()["cpu_median_s"]) if step.cpu else None,

@@ -1,22 +1,19 @@
-"""AnyDressingAttentionMaps: where each garment lands, from one evaluation of the patched model."""
+"""AnyDressing Attention Maps: where each garment lands, from one evaluation of the patched model."""
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-import comfy.sample
-import comfy.samplers
-
 from ..anydressing_core.attention import tokens_hw
 from ..anydressing_core.errors import AnyDressingError
-from .common import CATEGORY, latent_channels
-from .patch import MapStore, find_shared
+from ..anydressing_core.maps_picture import render_maps_picture
+from . import regions as region_hooks
+from .common import AnyDressingNode, latent_channels
+from .host_api import io, sample, samplers
+from .patch import MapStore, find_patch
 
-# colour maps cycle per garment so the panels are easy to tell apart
-_COLORMAPS = [cv2.COLORMAP_INFERNO, cv2.COLORMAP_VIRIDIS, cv2.COLORMAP_JET, cv2.COLORMAP_MAGMA]
+AT_PERCENT_MAX = 0.99
 
 
 def average_maps(store: MapStore, out_hw) -> torch.Tensor:
@@ -31,78 +28,79 @@ def average_maps(store: MapStore, out_hw) -> torch.Tensor:
     return (acc / len(store.maps)).clamp(0, 1)
 
 
-def maps_picture(maps: torch.Tensor, names) -> torch.Tensor:
-    """Side-by-side panels, one per garment, labelled: IMAGE ``[1, H, W*N, 3]``."""
-    panels = []
-    top = max(float(maps.max()), 1e-6)  # one scale for all panels, so garments' shares compare
-    for i, m in enumerate(maps):
-        a = m.numpy() / top
-        img = cv2.applyColorMap((a * 255).astype(np.uint8), _COLORMAPS[i % len(_COLORMAPS)])
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        label = names[i] if i < len(names) else str(i + 1)
-        scale = max(0.3, img.shape[1] / 400)
-        cv2.putText(img, label, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
-        panels.append(img)
-    return torch.from_numpy(np.concatenate(panels, axis=1).astype(np.float32) / 255.0)[None]
+def maps_picture(maps: torch.Tensor, names, thumbnails=None) -> torch.Tensor:
+    """The core's attention-map picture of ``maps [N, H, W]`` as an IMAGE ``[1, H', W', 3]``."""
+    picture = render_maps_picture(maps.float().cpu().numpy(), names, thumbnails)
+    return torch.from_numpy(picture.image)[None]
 
 
-class AnyDressingAttentionMaps:
-    DESCRIPTION = (
-        "Shows where each garment lands: runs the AnyDressing-patched model once on the sampled latent (re-noised to "
-        "at_percent) and averages each garment's attention share over all layers."
-    )
-    CATEGORY = CATEGORY
-    FUNCTION = "maps"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("maps_image", "garment_masks")
-    OUTPUT_TOOLTIPS = ("One coloured panel per garment, side by side.", "One map per garment (chain order), 0..1.")
+def check_at_percent(at_percent):
+    if not 0.0 <= float(at_percent) <= AT_PERCENT_MAX:
+        return f"at_percent {at_percent} is out of range; use 0..{AT_PERCENT_MAX}"
+    return True
+
+
+def attention_maps(model, positive, latent, at_percent, seed):
+    """``(maps picture [1, H', W', 3], maps [N, H, W])`` of the patched ``model`` at one noise level."""
+    patch = find_patch(model)
+    if patch is None:
+        raise AnyDressingError("this MODEL carries no AnyDressing patch; connect the MODEL output of AnyDressing Apply")
+    problem = check_at_percent(at_percent)
+    if problem is not True:
+        raise AnyDressingError(problem)
+    if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")) or latent["samples"].ndim != 4:
+        raise AnyDressingError("'latent' must be a LATENT (a KSampler or Empty Latent Image output) with samples "
+                               "[B, C, H, W]")
+    want = latent_channels(model)
+    if latent["samples"].shape[1] != want or latent["samples"].shape[0] == 0:
+        raise AnyDressingError(
+            f"the latent has shape {tuple(latent['samples'].shape)} but this model takes {want}-channel latents; "
+            "connect a latent made for this model (the KSampler output that used it)")
+    samples = latent["samples"][:1]
+    sampling = model.get_model_object("model_sampling")
+    sigma = float(sampling.percent_to_sigma(at_percent))
+    if not (patch.sigma_end <= sigma <= patch.sigma_start):
+        raise AnyDressingError(
+            f"at_percent {at_percent} lies outside the AnyDressing Apply node's start/end range; choose a value "
+            "inside it")
+    hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
+    used = region_hooks.used_regions(patch, hw)  # before this node's own run replaces them
+    probe = model.clone()
+    store = MapStore()
+    probe.model_options.setdefault("transformer_options", {})[MapStore.OPTION] = store
+    noise = sample.prepare_noise(samples, seed)
+    sigmas = torch.tensor([sigma, 0.0])
+    sample.sample_custom(probe, noise, 1.0, samplers.sampler_object("euler"), sigmas, positive, positive,
+                         samples, disable_pbar=True, seed=seed)
+    if not store.maps:
+        raise AnyDressingError("no garment maps were recorded; is the model's AnyDressing active at this noise level?")
+    maps = average_maps(store, hw)
+    thumbnails = [g.image for g in patch.features.garments]  # None where only the slot is known: a swatch
+    picture = maps_picture(maps, patch.features.names, thumbnails if all(t is not None for t in thumbnails) else None)
+    if used is not None:  # a second row: the regions in force (bright = may attend)
+        picture = torch.cat([picture, maps_picture(*used)], dim=1)
+    return picture, maps
+
+
+class AnyDressingAttentionMaps(AnyDressingNode):
+    node_id = "AnyDressingAttentionMaps"
+    title = "AnyDressing Attention Maps"
+    about = ("Shows where each garment lands: runs the AnyDressing-patched model once on the sampled latent "
+             "(re-noised to at_percent) and averages each garment's attention share over all layers.")
+    inputs = [
+        io.Model.Input("model", tooltip="The MODEL output of AnyDressing Apply."),
+        io.Conditioning.Input("positive", tooltip="The positive prompt used for sampling."),
+        io.Latent.Input("latent", tooltip="The sampled latent (KSampler output), or any latent of the output size."),
+        io.Float.Input("at_percent", default=0.5, min=0.0, max=AT_PERCENT_MAX, step=0.01,
+                       tooltip="Noise level to look at, as sampling progress (0 = pure noise)."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the re-noising."),
+    ]
+    outputs = [
+        io.Image.Output("maps_image", display_name="maps_image",
+                        tooltip="One row per garment: its thumbnail, its map in its own colour and a colour scale."),
+        io.Mask.Output("garment_masks", display_name="garment_masks", tooltip="One map per garment (chain order), 0..1."),
+    ]
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The MODEL output of Apply AnyDressing."}),
-                "positive": ("CONDITIONING", {"tooltip": "The positive prompt used for sampling."}),
-                "latent": ("LATENT", {"tooltip": "The sampled latent (KSampler output), or any latent of the output size."}),
-                "at_percent": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 0.99, "step": 0.01,
-                                         "tooltip": "Noise level to look at, as sampling progress (0 = pure noise)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Seed of the re-noising."}),
-            }
-        }
-
-    def maps(self, model, positive, latent, at_percent, seed):
-        shared = find_shared(model)
-        if shared is None:
-            raise AnyDressingError("this MODEL carries no AnyDressing patch; connect the MODEL output of Apply AnyDressing")
-        if not (0.0 <= at_percent <= 0.99):
-            raise AnyDressingError(f"at_percent {at_percent} is out of range; use 0..0.99")
-        if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")) or latent["samples"].ndim != 4:
-            raise AnyDressingError("'latent' must be a LATENT (a KSampler or Empty Latent Image output) with samples "
-                                   "[B, C, H, W]")
-        want = latent_channels(model)
-        if latent["samples"].shape[1] != want or latent["samples"].shape[0] == 0:
-            raise AnyDressingError(
-                f"the latent has shape {tuple(latent['samples'].shape)} but this model takes {want}-channel latents; "
-                "connect a latent made for this model (the KSampler output that used it)")
-        samples = latent["samples"][:1]
-        sampling = model.get_model_object("model_sampling")
-        sigma = float(sampling.percent_to_sigma(at_percent))
-        if not (shared.sigma_end <= sigma <= shared.sigma_start):
-            raise AnyDressingError(
-                f"at_percent {at_percent} lies outside the Apply node's start/end range; choose a value inside it")
-        m = model.clone()
-        store = MapStore()
-        m.model_options.setdefault("transformer_options", {})[MapStore.OPTION] = store
-        noise = comfy.sample.prepare_noise(samples, seed)
-        sigmas = torch.tensor([sigma, 0.0])
-        comfy.sample.sample_custom(m, noise, 1.0, comfy.samplers.sampler_object("euler"), sigmas, positive, positive,
-                                   samples, disable_pbar=True, seed=seed)
-        if not store.maps:
-            raise AnyDressingError("no garment maps were recorded; is the model's AnyDressing active at this noise level?")
-        hw = (samples.shape[-2] * 8, samples.shape[-1] * 8)
-        maps = average_maps(store, hw)
-        return (maps_picture(maps, shared.features.names), maps)
-
-
-NODE_CLASS_MAPPINGS = {"AnyDressingAttentionMaps": AnyDressingAttentionMaps}
-NODE_DISPLAY_NAME_MAPPINGS = {"AnyDressingAttentionMaps": "Garment Attention Maps (AnyDressing)"}
+    def execute(cls, model, positive, latent, at_percent, seed) -> io.NodeOutput:
+        return io.NodeOutput(*attention_maps(model, positive, latent, at_percent, seed))

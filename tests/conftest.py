@@ -1,21 +1,21 @@
 """Shared test fixtures: finding the host ComfyUI and loading this pack into it in-process.
 
-Tiers (STYLE.md): ``tests/core`` needs only PyTorch; ``tests/nodes`` and ``tests/e2e`` need the host.
+Tiers: ``tests/core`` needs only PyTorch; ``tests/nodes`` and ``tests/e2e`` need the host.
 The host is found via ``COMFYUI_PATH``, else ``~/ComfyUI``, else the ComfyUI that contains this pack
 (``custom_nodes/<pack>``).  Without it, host tests skip with a loud reason.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
+from devtools.comfy_host import InProcessHost
+
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["model_fixtures"]
+pytest_plugins = ["model_fixtures", "host_guard"]
 
 
 def find_host() -> Path | None:
@@ -31,8 +31,8 @@ def find_host() -> Path | None:
 
 HOST = find_host()
 HOST_REASON = (
-    "HOST TIER SKIPPED: no ComfyUI found (set COMFYUI_PATH or extract it to ~/ComfyUI as "
-    "../shared/HOST.md says); the nodes are NOT tested inside ComfyUI"
+    "HOST TIER SKIPPED: no ComfyUI found (set COMFYUI_PATH, or put a ComfyUI checkout at ~/ComfyUI); "
+    "the nodes are NOT tested inside ComfyUI"
 )
 
 
@@ -50,57 +50,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-class Host:
-    """The in-process host: ComfyUI modules plus this pack loaded the way ComfyUI loads it."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        if str(path) not in sys.path[:1]:
-            sys.path.insert(0, str(path))
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        from comfy.cli_args import args
-
-        args.cpu = True  # before anything imports comfy.model_management (HOST.md)
-        import comfy.model_management  # noqa: F401
-        import folder_paths
-        import nodes
-
-        self.nodes = nodes
-        self.folder_paths = folder_paths
-        ok = asyncio.run(nodes.load_custom_node(str(REPO)))
-        if not ok:
-            raise RuntimeError("the pack failed to import into ComfyUI; see the log above")
-        self.pack = sys.modules[str(REPO).replace(".", "_x_")]
-
-    def node(self, node_id: str):
-        """An instance of a registered node class (ours or built-in)."""
-        return self.nodes.NODE_CLASS_MAPPINGS[node_id]()
-
-    def run(self, node_id: str, **inputs):
-        """Run a classic node's function and return its outputs tuple."""
-        cls = self.nodes.NODE_CLASS_MAPPINGS[node_id]
-        out = getattr(cls(), cls.FUNCTION)(**inputs)
-        return out["result"] if isinstance(out, dict) else out
-
-    def module(self, dotted: str):
-        """A submodule of the pack, e.g. ``host.module("anydressing_core.attention")``."""
-        import importlib
-
-        return importlib.import_module(f"{self.pack.__name__}.{dotted}")
-
-
-_HOST_SINGLETON: Host | None = None
+_HOST_SINGLETON: InProcessHost | None = None
 
 
 @pytest.fixture(scope="session")
-def host() -> Host:
+def host() -> InProcessHost:
     global _HOST_SINGLETON
     if HOST is None:
         pytest.skip(HOST_REASON)
     if _HOST_SINGLETON is None:
-        _HOST_SINGLETON = Host(HOST)
+        _HOST_SINGLETON = InProcessHost(HOST)
     return _HOST_SINGLETON
 
 

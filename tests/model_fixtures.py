@@ -1,4 +1,4 @@
-"""Session fixtures: tiny random model files (nodes/tiny_models.py) built once per machine and registered
+"""Session fixtures: tiny random model files (devtools/tiny_models.py) built once per machine and registered
 with the in-process host's model folders.
 
 Enable with ``pytest_plugins = ["model_fixtures"]`` in tests/conftest.py. The cache folder is
@@ -8,6 +8,7 @@ so a changed builder rebuilds (about 5 s, ~380 MB on disk).
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -22,8 +23,9 @@ FOLDER_KEYS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "lora": 
 @pytest.fixture(scope="session")
 def tiny_models(host) -> dict:
     """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny random models (noise weights)."""
-    tiny = host.module("nodes.tiny_models")
-    return tiny.ensure_tiny_models(TINY_CACHE)
+    from devtools import tiny_models
+
+    return tiny_models.ensure_tiny_models(TINY_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +40,27 @@ def tiny_model_names(host, tiny_models) -> dict:
         listed = fp.get_filename_list(key)
         assert names[kind] in listed, f"{names[kind]} not listed in ComfyUI's {key!r} folder: {listed}"
     return names
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(host) -> dict:
+    """``{"checkpoint", "controlnet", "lora", "folder"}`` -> Path of the tiny SDXL-family files (noise weights; built
+    once per machine, about 1.3 GB and 40 s)."""
+    tiny = importlib.import_module("devtools.tiny_models")
+    return tiny.ensure_tiny_sdxl_models(TINY_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_names(host, tiny_sdxl) -> dict:
+    """Registers the tiny SDXL folder with the host and returns the names its loader nodes take."""
+    fp = host.folder_paths
+    for key in FOLDER_KEYS.values():
+        fp.add_model_folder_path(key, str(tiny_sdxl["folder"]))
+    return {kind: tiny_sdxl[kind].name for kind in FOLDER_KEYS}
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(host, tiny_sdxl_names) -> tuple:
+    """``(MODEL, CLIP, VAE)`` of the tiny SDXL checkpoint through the stock CheckpointLoaderSimple, loaded once
+    per session (about 8 s)."""
+    return host.run("CheckpointLoaderSimple", ckpt_name=tiny_sdxl_names["checkpoint"])

@@ -9,7 +9,7 @@ Layouts are detected from the state-dict keys, never from the file name:
 Files are ``.safetensors``.  A ``.pth`` from LAION is a pickle: convert it once with
 ``python -m anydressing_core.metrics convert-aesthetic IN.pth OUT.safetensors`` (reads with
 ``weights_only=True``).  The head expects the CLIP it was trained on (ViT-L/14, 768-d) [choice:
-the reported 5-6 range fits it, METHOD.md]; a width mismatch is an error.
+the paper's reported 5-6 range fits it]; a width mismatch is an error.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def pose_region(keypoints, slot: str, width: int, height: int, margin: float = 0
         raise AnyDressingError(f"keypoints must be COCO-17, shape [17, 2|3]; got {list(kp.shape)}")
     if slot in ("bag", "other"):
         return (0, 0, width, height)
-    sh = _valid(kp, (L_SH, R_SH), min_conf)
-    limb = max(2.0, abs(sh[0, 0] - sh[1, 0]) / 6) if len(sh) == 2 else 2.0
+    shoulders = _valid(kp, (L_SH, R_SH), min_conf)
+    limb = max(2.0, abs(shoulders[0, 0] - shoulders[1, 0]) / 6) if len(shoulders) == 2 else 2.0
     if slot == "hat":
         for pair in ((L_EAR, R_EAR), (L_EYE, R_EYE)):
             p = _valid(kp, pair, min_conf)

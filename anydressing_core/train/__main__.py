@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
 from ..errors import AnyDressingError
+
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,9 +48,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _export(cfg, args)
         if args.command == "check-data":
             return _check_data(cfg)
+        resume = None
+        if args.resume:
+            try:
+                resume = _resolve_resume(cfg, args.resume)
+            except AnyDressingError as e:
+                if _rank() == 0:  # every process reaches the same verdict; one of them says it
+                    print(f"error: {e}", file=sys.stderr)
+                return 2
+            if resume is None:
+                log.info("--resume auto: no checkpoint in %s yet; starting fresh", cfg.run.output_dir)
         from .engine import Trainer
 
-        result = Trainer(cfg, resume=args.resume).run()
+        result = Trainer(cfg, resume=str(resume) if resume else None, resume_verified=True).run()
     except AnyDressingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,27 +71,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _rank() -> int:
+    """This process's global rank from the launcher's environment (torchrun, accelerate), 0 without one."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _resolve_resume(cfg, where: str):
+    """The checkpoint to resume from, verified on every process BEFORE the process group exists: a damaged
+    one stops all processes at once, with one line from process 0, and no collective waits for a process
+    that already left."""
+    from . import integrity
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return integrity.resolve(cfg.run.output_dir, where, world, cfg.run.checksums, warn=_rank() == 0)
+
+
 def _export(cfg, args) -> int:
     import torch
 
     from . import state as ckpt
-    from .components import load_components
+    from .components import load_base_unet
     from .export import export_model
     from .model import DressingTrainModel
 
+    from . import integrity
+
     if not args.checkpoint or not args.out:
         raise AnyDressingError("export needs --checkpoint DIR and --out FILE.safetensors")
+    integrity.verify(args.checkpoint, cfg.run.checksums)
     data = ckpt.load(args.checkpoint, 0)
     m = cfg.model
     torch.manual_seed(cfg.run.seed)
-    model = DressingTrainModel.from_config(load_components(m.base).unet, m)
+    unet, base_info = load_base_unet(m.base)
+    model = DressingTrainModel.from_config(unet, m)
     if ckpt.strategy_of(data["state"]) == "fsdp":  # sharded: read every shard into the full module, here
         from .fsdp import load_model_state
 
         model.load_state_dict(load_model_state(args.checkpoint, model.state_dict()))
     else:
         model.load_state_dict(data["model"], strict=False)
-    path = export_model(model, args.out, cfg, data["state"]["step"])
+    path = export_model(model, args.out, cfg, data["state"]["step"], base_info)
     print(json.dumps({"exported": str(path), "step": data["state"]["step"]}))
     return 0
 

@@ -15,7 +15,10 @@ from ..errors import AnyDressingError
 
 @dataclass
 class ModelConfig:
-    base: str = ""                      # local diffusers SD1.5 folder (unet/, vae/, text_encoder/, tokenizer/)
+    base: str = ""                      # the .safetensors checkpoint you sample with (SD1.5/SDXL), or a diffusers
+                                        # SD1.5 folder (unet/, vae/, text_encoder/, tokenizer/)
+    tokenizer: str = ""                 # folder with CLIP's vocab.json + merges.txt; default: the folder's
+                                        # tokenizer/, or the host ComfyUI's comfy/sd1_tokenizer for a single file
     slots: List[str] = field(default_factory=lambda: ["upper", "lower", "hat"])  # [paper] 0 upper, 1 lower, 2 hat
     lora_rank: int = 64                 # [choice] METHOD.md
     lora_alpha: float = 8.0
@@ -70,6 +73,7 @@ class RunConfig:
     num_workers: int = 2
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    checksums: bool = True              # record and check every checkpoint file's SHA-256 (false: sizes only)
     log_every: int = 10
     sample_every: int = 1000
     sample_steps: int = 30              # DDIM steps for sample grids

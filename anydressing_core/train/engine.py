@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import losses as L
+from ..conditioning import garment_cond
 from ..data import DressingDataset, ResumableSampler, collate, read_dresscode, read_manifest, read_vitonhd
 from ..errors import AnyDressingError
 from . import state as ckpt
@@ -39,9 +40,14 @@ def build_records(cfg: TrainConfig):
 
 
 class Trainer:
-    """Build once, then :meth:`run`.  ``components`` may be given (tests); else loaded from ``model.base``."""
+    """Build once, then :meth:`run`.  ``components`` may be given (tests); else loaded from ``model.base``.
 
-    def __init__(self, cfg: TrainConfig, components: Optional[Components] = None, resume: Optional[str] = None):
+    ``resume``: ``latest``, ``auto`` or a checkpoint folder; ``resume_verified``: the folder was already checked
+    by :func:`.integrity.resolve` (the command line does that before the process group exists).
+    """
+
+    def __init__(self, cfg: TrainConfig, components: Optional[Components] = None, resume: Optional[str] = None,
+                 resume_verified: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -66,7 +72,7 @@ class Trainer:
             raise AnyDressingError(f"the dataset has garments of slot(s) {needed} but model.slots is {m.slots}; "
                                    f"add them (model.slots=[{', '.join(m.slots + needed)}]) so each gets a GFE LoRA set")
         torch.manual_seed(run.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
-        self.comp = components or load_components(cfg.model.base)
+        self.comp = components or load_components(cfg.model.base, cfg.model.tokenizer)
         model = DressingTrainModel.from_config(self.comp.unet, m)
         model.ctx.record_maps = cfg.loss.loc_weight > 0
         model.ctx.maps_max_tokens = cfg.loss.loc_max_tokens
@@ -75,8 +81,7 @@ class Trainer:
             model.dressing_net.enable_gradient_checkpointing()
         wdtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.mixed_precision, torch.float32)
         model.to_device(acc.device, wdtype)  # frozen DressingNet in the compute dtype
-        self.comp.vae.to(acc.device, dtype=wdtype)
-        self.comp.text_encoder.to(acc.device, dtype=wdtype)
+        self.comp.to(acc.device, wdtype)
         self.wdtype = wdtype
         self.dists = None
         if cfg.loss.texture_weight > 0:
@@ -115,20 +120,25 @@ class Trainer:
                                  persistent_workers=False)
         self.gen = torch.Generator().manual_seed(run.seed * 1000 + acc.process_index)
         self.step, self.epoch, self.batches_done = 0, 0, 0
-        self.empty_text = None
+        self._empty_text = None
         if resume:
-            self._resume(resume)
+            self._resume(resume, resume_verified)
         if acc.is_main_process:
             acc.init_trackers("anydressing", config=_flat(cfg.to_dict()))
         log.info("trainable parameters: %.2fM on %d process(es)", self.n_params / 1e6, acc.num_processes)
 
     # ---- one step -------------------------------------------------------------------------
     def _latents(self, images: torch.Tensor, sample: bool) -> torch.Tensor:
-        vae = self.comp.vae
-        with torch.no_grad():
-            dist = vae.encode(images.to(self.acc.device, self.wdtype)).latent_dist
-            z = dist.sample(generator=self.gen) if sample else dist.mode()
-        return z * vae.config.scaling_factor
+        return self.comp.codec.encode(images.to(self.acc.device, self.wdtype), sample=sample, generator=self.gen)
+
+    def garment_added(self, count: int, size) -> Optional[Dict[str, torch.Tensor]]:
+        """SDXL: GarmentsNet's added conditioning for ``count`` garments of ``size`` pixels, as the nodes give
+        it (the empty prompt's pooled embedding, the garment canvas's size); None for SD1.5."""
+        if self.comp.base != "sdxl":
+            return None
+        if self._empty_text is None:
+            self._empty_text = self.comp.encode_text([""], self.acc.device)
+        return garment_cond(self._empty_text.pooled, count, size)
 
     def losses(self, batch: Dict) -> Dict[str, torch.Tensor]:
         cfg, dev, gen = self.cfg, self.acc.device, self.gen
@@ -138,15 +148,18 @@ class Trainer:
         keep = L.cfg_keep(b, cfg.loss.cfg_drop, gen, dev)
         captions = [c if k else "" for c, k in zip(batch["captions"], keep.tolist())]  # text dropped with garments
         text = self.comp.encode_text(captions, dev)
+        added = self.comp.added_cond(text, person.shape[-2:])
         z0 = self._latents(person, sample=True)
         g = batch["garments"].flatten(0, 1)
         gz = self._latents(g, sample=False)  # garments: clean latents at t=0 [paper]
+        garment_added = self.garment_added(g.shape[0], g.shape[-2:])
         sched = self.comp.scheduler
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
         eps = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(dev, z0.dtype)
         zt = sched.add_noise(z0, eps, t)
         with self.autocast():
-            eps_pred = self.model(zt, t, text, gz, batch["slots"].flatten().to(dev), present, keep).float()
+            eps_pred = self.model(zt, t, text.context, gz, batch["slots"].flatten().to(dev), present, keep,
+                                  added, garment_added).float()
         out = {"ldm": L.ldm_loss(eps_pred, eps)}
         total = out["ldm"]
         maps = self.raw.ctx.maps
@@ -158,7 +171,7 @@ class Trainer:
             if bool(sel.any()):
                 ab = sched.alphas_cumprod.to(dev)[t[sel]]
                 x0 = L.predict_x0(zt[sel].float(), eps_pred[sel].float(), ab)
-                img = self.comp.vae.decode((x0 / self.comp.vae.config.scaling_factor).to(self.wdtype)).sample.float()
+                img = self.comp.codec.decode(x0.to(self.wdtype)).float()
                 masks, pres = batch["masks"].to(dev)[sel], present[sel]
                 out["dists"] = L.dists_loss(self.dists, img, person[sel], masks, pres).mean()
                 out["edge"] = L.edge_loss(img, person[sel], masks, batch["edges"].to(dev)[sel], pres).mean()
@@ -187,13 +200,13 @@ class Trainer:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state["sharded_files"] = fsdp.shard_sizes(tmp)
-                ckpt.write_sharded_main(tmp, self.lr_sched.state_dict(), state)  # state.json last
+                ckpt.write_sharded_main(tmp, self.lr_sched.state_dict(), state, self.cfg.run.checksums)
                 final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
                 log.info("checkpoint %s", final)
         elif acc.is_main_process:
             acc.wait_for_everyone()
             ckpt.write_main(tmp, self.raw.state_dict(), self.optimizer.optimizer.state_dict(),
-                            self.lr_sched.state_dict(), state)
+                            self.lr_sched.state_dict(), state, self.cfg.run.checksums)
             final = ckpt.commit(tmp, self.cfg.run.keep_checkpoints)
             log.info("checkpoint %s", final)
         else:
@@ -201,13 +214,17 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
-    def _resume(self, where: str) -> None:
-        path = ckpt.latest_checkpoint(self.out) if where in ("latest", "auto", "") else Path(where)
+    def _resume(self, where: str, verified: bool = False) -> None:
+        from . import integrity
+
+        if verified:
+            path = Path(where)
+        else:
+            path = integrity.resolve(self.out, where, self.acc.num_processes, self.cfg.run.checksums,
+                                     warn=self.acc.is_main_process)
         if path is None:
-            if where == "auto":
-                log.info("no checkpoint in %s; starting fresh", self.out)
-                return
-            raise AnyDressingError(f"--resume {where}: no complete checkpoint under {self.out}/checkpoints")
+            log.info("no checkpoint in %s; starting fresh", self.out)
+            return
         data = ckpt.load(path, self.acc.process_index)
         st = data["state"]
         ckpt.check_compatible(path, st, self.acc.num_processes)
@@ -302,7 +319,7 @@ class Trainer:
             full = fsdp.full_state_dict(self.model)
             model = fsdp.export_twin(full, self.raw, self.cfg) if self.acc.is_main_process else None
         if self.acc.is_main_process:
-            export_model(model, path, self.cfg, self.step)
+            export_model(model, path, self.cfg, self.step, self.comp)
         self.acc.wait_for_everyone()
 
     def weight_digest(self) -> str:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from ..attention import dressing_attention, sdpa_attention, select_rows
+from ..attention import dressing_attention, sdpa_attention, split_rows
 from ..diffusers_model import attn1_modules, build_garments_net
 from ..errors import AnyDressingError
 from ..features import BlockKey
@@ -34,6 +34,7 @@ class StepContext:
     garments: int = 0                                # N (padded)
     present: Optional[torch.Tensor] = None           # [B, N] bool
     keep: Optional[torch.Tensor] = None              # [B] bool, rows that see garments
+    keep_rows: List[bool] = field(default_factory=list)  # the same on the host, read once per step
     strength: float = 1.0
     form: str = "separate"
     maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)  # A_k [B, T, N]
@@ -55,7 +56,7 @@ class DATrainProcessor:
         ctx, h = self.ctx, hidden_states
         q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
         f = ctx.features.get(self.key)
-        if f is None or ctx.keep is None or not bool(ctx.keep.any()):
+        if f is None or ctx.keep is None or not any(ctx.keep_rows):
             return _to_out(attn, sdpa_attention(q, k, v, attn.heads))
         b, t, c = q.shape
         n = ctx.garments
@@ -67,19 +68,19 @@ class DATrainProcessor:
         record = ctx.record_maps and (ctx.maps_max_tokens <= 0 or t <= ctx.maps_max_tokens)
         maps = torch.zeros(b, t, n, dtype=torch.float32, device=q.device)
 
-        def with_garments(idx):
+        def with_garments(rows: slice):
             res = dressing_attention(
-                q[idx], k[idx], v[idx], gk[idx], gv[idx], attn.heads, [length] * n, strength=ctx.strength,
-                form=ctx.form, regions=None if regions is None else regions[idx], return_maps=record)
+                q[rows], k[rows], v[rows], gk[rows], gv[rows], attn.heads, [length] * n, strength=ctx.strength,
+                form=ctx.form, regions=None if regions is None else regions[rows], return_maps=record)
             if not record:
                 return res
-            maps[idx] = res[1]
+            maps[rows] = res[1]
             return res[0]
 
-        def plain(idx):
-            return sdpa_attention(q[idx], k[idx], v[idx], attn.heads)
+        def plain(rows: slice):
+            return sdpa_attention(q[rows], k[rows], v[rows], attn.heads)
 
-        o = select_rows(ctx.keep, with_garments, plain, b)
+        o = split_rows(ctx.keep_rows, with_garments, plain)
         if record:
             ctx.maps[self.key] = maps
         return _to_out(attn, o)
@@ -93,7 +94,9 @@ class DressingTrainModel(nn.Module):
     the module tree (it is not synchronised, saved or optimised); move it with :meth:`to_device`.
 
     ``forward(noisy [B,4,h,w], timesteps [B], text [B,77,C], garment_latents [B*N,4,h,w],
-    slot_ids [B*N] (indices into garments.SLOTS), present [B,N], keep [B]) -> eps_pred [B,4,h,w]``; the maps A_k of the step
+    slot_ids [B*N] (indices into garments.SLOTS), present [B,N], keep [B], added, garment_added) -> eps_pred [B,4,h,w]``
+    (``added`` / ``garment_added``: SDXL's added conditioning of the B person rows / B*N garment rows, None for
+    SD1.5); the maps A_k of the step
     are in ``self.ctx.maps`` afterwards (``{key: [B, T, N]}``, zero on rows without garments).
     """
 
@@ -143,26 +146,33 @@ class DressingTrainModel(nn.Module):
         self.dressing_net.to(device=device, dtype=dtype)
         return self
 
-    def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor) -> Dict[BlockKey, torch.Tensor]:
+    def encode_garments(self, latents: torch.Tensor, slot_ids: torch.Tensor, rows: torch.Tensor,
+                        added=None) -> Dict[BlockKey, torch.Tensor]:
         """GarmentsNet at t=0 [paper] on the clean latents of the garments in ``rows`` (``[M]`` bool);
         returns F per layer as ``[M, L, C]`` with zeros on the other rows.
 
         Same as ``GarmentsNet.encode`` except that the slot ids stay set after the call: gradient
         checkpointing re-runs GarmentsNet blocks during backward, and they must apply the same LoRA.
         """
-        return self._run_garments(latents, slot_ids, rows)[0]
+        return self._run_garments(latents, slot_ids, rows, added)[0]
 
-    def _run_garments(self, latents, slot_ids, rows):
-        """:meth:`encode_garments`, plus GarmentsNet's own output ``[M, 4, h, w]`` (unused by the loss)."""
+    def _run_garments(self, latents, slot_ids, rows, added=None):
+        """:meth:`encode_garments`, plus GarmentsNet's own output ``[M, 4, h, w]`` (unused by the loss).
+
+        ``added``: SDXL's added conditioning for all ``M`` garment rows (:func:`..conditioning.garment_cond`).
+        """
         g = self.garments
         idx = rows.nonzero().flatten()
         lat = latents[idx]
+        if added is not None:
+            added = {k: v[idx] for k, v in added.items()}
         g._slot_ids = g.gfe.slot_ids([SLOTS[int(i)] for i in slot_ids[idx].tolist()], lat.device)
         g._recording = {}
         try:
             t = torch.zeros(lat.shape[0], device=lat.device)
             dim = g.unet.config.cross_attention_dim
-            sample = g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim)).sample
+            sample = g.unet(lat, t, encoder_hidden_states=lat.new_zeros(lat.shape[0], 1, dim),
+                            added_cond_kwargs=added).sample
             tokens = {k: g._recording[k] for k in g.keys}
         finally:
             g._recording = None
@@ -172,21 +182,23 @@ class DressingTrainModel(nn.Module):
             out[key] = full.index_copy(0, idx, t)
         return out, sample
 
-    def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep):
+    def forward(self, noisy, timesteps, text, garment_latents, slot_ids, present, keep, added=None,
+                garment_added=None):
         ctx = self.ctx
         ctx.maps = {}
         ctx.garments = int(present.shape[1])
         ctx.present, ctx.keep = present, keep
+        ctx.keep_rows = [bool(r) for r in keep.tolist()]
         rows = (present & keep.view(-1, 1)).flatten()
         # features stay in ctx until the next step: gradient checkpointing re-runs DressingNet blocks in backward
         ctx.features, sample = {}, None
         if bool(rows.any()):
-            ctx.features, sample = self._run_garments(garment_latents, slot_ids, rows)
+            ctx.features, sample = self._run_garments(garment_latents, slot_ids, rows, garment_added)
         elif self.sharded:  # FSDP all-gathers are collective: every process runs GarmentsNet's units, here on
             first = torch.zeros_like(rows)  # one garment whose features are then thrown away
             first[0] = True
-            sample = self._run_garments(garment_latents, slot_ids, first)[1]
-        out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text).sample
+            sample = self._run_garments(garment_latents, slot_ids, first, garment_added)[1]
+        out = self.dressing_net(noisy, timesteps, encoder_hidden_states=text, added_cond_kwargs=added).sample
         if torch.is_grad_enabled():
             zero = self._touch_all()
             if self.sharded:

@@ -46,12 +46,14 @@ def sample_grid(trainer, path: Path, count: int = 2, write: bool = True) -> Opti
     sched = DDIMScheduler.from_config(comp.scheduler.config)
     sched.set_timesteps(cfg.run.sample_steps)
     text = comp.encode_text(batch["captions"] + [""] * k, dev)
+    added = comp.added_cond(text, batch["person"].shape[-2:])
     gz = trainer._latents(batch["garments"].flatten(0, 1), sample=False)
     gz = torch.cat([gz, gz])
+    garment_added = trainer.garment_added(gz.shape[0], batch["garments"].shape[-2:])
     slots = torch.cat([batch["slots"].flatten()] * 2).to(dev)
     present = torch.cat([batch["present"]] * 2).to(dev)
     keep = torch.tensor([True] * k + [False] * k, device=dev)
-    scale = 2 ** (len(comp.vae.config.block_out_channels) - 1)
+    scale = comp.codec.downscale
     h, w = batch["person"].shape[-2] // scale, batch["person"].shape[-1] // scale
     z = torch.randn(k, 4, h, w, generator=gen).to(dev, trainer.wdtype) * sched.init_noise_sigma
     old = raw.ctx.strength, raw.ctx.record_maps
@@ -60,12 +62,12 @@ def sample_grid(trainer, path: Path, count: int = 2, write: bool = True) -> Opti
     try:
         for i, t in enumerate(sched.timesteps):
             zz = sched.scale_model_input(torch.cat([z, z]), t)
-            eps = raw(zz, t.expand(2 * k).to(dev), text, gz, slots, present, keep)
+            eps = raw(zz, t.expand(2 * k).to(dev), text.context, gz, slots, present, keep, added, garment_added)
             if i == len(sched.timesteps) // 2:
                 maps = {key: m[:k].clone() for key, m in raw.ctx.maps.items()}
             cond, unc = eps.chunk(2)
             z = sched.step(unc + GUIDANCE * (cond - unc), t, z).prev_sample
-        out = comp.vae.decode(z / comp.vae.config.scaling_factor).sample
+        out = comp.codec.decode(z)
     finally:
         raw.ctx.strength, raw.ctx.record_maps = old
     if not write:

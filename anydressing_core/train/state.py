@@ -12,9 +12,11 @@ itself written to a temp name and renamed)::
 
 With ``run.strategy=fsdp`` the module and AdamW state are sharded: instead of ``model.safetensors``
 and ``optimizer.pt`` the folder holds ``sharded/`` (``torch.distributed.checkpoint``: ``.metadata`` and
-one ``__{rank}_0.distcp`` per process, written by every process at once), and state.json lists the
-size of each of those files so that a damaged or half-copied checkpoint is refused (:mod:`.fsdp`).
-A checkpoint is only complete once ``state.json`` exists, and state.json is written last.
+one ``__{rank}_0.distcp`` per process, written by every process at once).
+
+A checkpoint is only complete once ``state.json`` exists, and state.json is written last: it records the
+size and SHA-256 of every other file and a checksum of itself, so a damaged or half-copied checkpoint is
+refused before it is read (:mod:`.integrity`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import AnyDressingError
+from . import integrity
 
 log = logging.getLogger(__name__)
 _STEP = re.compile(r"^step_(\d+)$")
@@ -83,18 +86,25 @@ def write_rank(tmp: Path, rank: int, rng: Dict[str, Any]) -> None:
     save_torch(tmp / f"rng_rank{rank}.pt", rng)
 
 
+def write_state(tmp: Path, state: Dict[str, Any], checksums: bool = True) -> None:
+    """state.json, last: the size (and SHA-256) of every file already in ``tmp``, sealed with its own checksum."""
+    sealed = integrity.seal({**state, "files": integrity.record_files(tmp, checksums)})
+    atomic_write(tmp / integrity.STATE, lambda p: p.write_text(json.dumps(sealed, indent=1), encoding="utf-8"))
+
+
 def write_main(tmp: Path, model_state: Dict[str, torch.Tensor], optimizer_state, scheduler_state,
-               state: Dict[str, Any]) -> None:
+               state: Dict[str, Any], checksums: bool = True) -> None:
+    """Process 0's part of a DDP checkpoint, after every process wrote its RNG file."""
     save_tensors(tmp / "model.safetensors", model_state)
     save_torch(tmp / "optimizer.pt", optimizer_state)
     save_torch(tmp / "scheduler.pt", scheduler_state)
-    atomic_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
+    write_state(tmp, state, checksums)
 
 
-def write_sharded_main(tmp: Path, scheduler_state, state: Dict[str, Any]) -> None:
+def write_sharded_main(tmp: Path, scheduler_state, state: Dict[str, Any], checksums: bool = True) -> None:
     """The main process's part of an FSDP checkpoint, after every process wrote its shard."""
     save_torch(tmp / "scheduler.pt", scheduler_state)
-    atomic_write(tmp / "state.json", lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
+    write_state(tmp, state, checksums)
 
 
 def commit(tmp: Path, keep: int) -> Path:
@@ -127,31 +137,41 @@ def strategy_of(state: Dict[str, Any]) -> str:
     return state.get("strategy", "ddp")  # checkpoints from before FSDP were all DDP
 
 
+def _read(path: Path, read):
+    """``read(path)``, with any failure turned into one line that names the file."""
+    try:
+        return read(path)
+    except Exception as e:  # noqa: BLE001 - safetensors / torch.load / zip errors for a damaged file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise AnyDressingError(f"{path} could not be read ({type(e).__name__}: {first}); the checkpoint is damaged: "
+                               "resume from an older step_XXXXXXXX folder, or with --resume latest") from None
+
+
+def _torch(path: Path):
+    return _read(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+
+
 def load(path: Path, rank: int) -> Dict[str, Any]:
-    """Everything a process needs to continue from ``path``.
+    """Everything a process needs to continue from ``path`` (:func:`.integrity.verify` checks the files first).
 
     For an FSDP checkpoint ``model`` and ``optimizer`` are absent (read with :func:`.fsdp.load_sharded`
     once the module exists); the sharded files are checked against the sizes state.json recorded.
     """
     path = Path(path)
-    if not (path / "state.json").is_file():
+    if not (path / integrity.STATE).is_file():
         raise AnyDressingError(f"{path} is not a complete checkpoint (no state.json); give a step_XXXXXXXX folder")
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    state = integrity.read_state(path)
     rng_file = path / f"rng_rank{rank}.pt"
     if not rng_file.is_file():
         raise AnyDressingError(
             f"{path} has no RNG state for process {rank}: it was written by {state.get('world_size')} processes. "
             "Resume with the same number of processes for an exact continuation")
-    out = {
-        "state": state,
-        "scheduler": torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
-        "rng": torch.load(rng_file, map_location="cpu", weights_only=True),
-    }
+    out = {"state": state, "scheduler": _torch(path / "scheduler.pt"), "rng": _torch(rng_file)}
     if strategy_of(state) == "fsdp":
         from .fsdp import verify
 
         verify(path, state.get("sharded_files", {}))
         return out
-    out["model"] = load_file(str(path / "model.safetensors"))
-    out["optimizer"] = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    out["model"] = _read(path / "model.safetensors", lambda p: load_file(str(p)))
+    out["optimizer"] = _torch(path / "optimizer.pt")
     return out

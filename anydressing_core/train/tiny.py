@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..single_file import LatentCodec
 from .components import SD15_SCHEDULE, Components
 
 TEXT_DIM = 16
@@ -68,7 +69,9 @@ def tiny_components(folder: Path) -> Components:
     from diffusers import DDPMScheduler
 
     torch.manual_seed(0)
-    return Components(tiny_unet(), tiny_vae(), tiny_text_encoder(), write_tokenizer(Path(folder) / "tokenizer"),
+    vae = tiny_vae()
+    return Components(tiny_unet(), LatentCodec(vae, "kl", vae.config.scaling_factor), [tiny_text_encoder()],
+                      [write_tokenizer(Path(folder) / "tokenizer")],
                       DDPMScheduler(**{k: v for k, v in SD15_SCHEDULE.items() if k != "set_alpha_to_one"}))
 
 
@@ -78,7 +81,7 @@ def write_model(folder) -> Path:
     c = tiny_components(folder)
     c.unet.save_pretrained(str(folder / "unet"))
     c.vae.save_pretrained(str(folder / "vae"))
-    c.text_encoder.save_pretrained(str(folder / "text_encoder"))
+    c.text_encoders[0].save_pretrained(str(folder / "text_encoder"))
     c.scheduler.save_pretrained(str(folder / "scheduler"))
     return folder
 

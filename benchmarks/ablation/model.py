@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,8 @@ class Ctx:
     strength: float = 1.0
     want_maps: bool = False
     maps: Dict[BlockKey, torch.Tensor] = field(default_factory=dict)
+    #: optional ``fn(key, q, gk, heads, lengths) -> regions [Br, T, N] or None`` (benchmarks/ablation/regions.py)
+    regions: Optional[Callable] = None
 
 
 class Attn1(nn.Module):
@@ -80,8 +82,9 @@ class Attn1(nn.Module):
         elif ctx.mode == "dress" and ctx.garments is not None:
             gk, gv = ctx.proj.kv(self.key, ctx.garments[self.key])
             lengths = [gk.shape[1] // ctx.count] * ctx.count
+            regions = None if ctx.regions is None else ctx.regions(self.key, q, gk, self.heads, lengths)
             res = dressing_attention(q, k, v, gk, gv, self.heads, lengths, strength=ctx.strength,
-                                     return_maps=ctx.want_maps)
+                                     regions=regions, return_maps=ctx.want_maps)
             if ctx.want_maps:
                 res, ctx.maps[self.key] = res
             return self.to_out(res)

@@ -300,7 +300,7 @@ def train_setting(base: TinyUNet, view, setting: Setting, cfg: Config, seed: int
 
 
 @torch.no_grad()
-def sample(model: Dresser, val, cfg: Config, seed: int, chunk: int = 48):
+def sample(model: Dresser, val, cfg: Config, seed: int, chunk: int = 48, regions=None):
     """DDIM (eta 0, ``cfg.sample_steps`` steps, x0 clipped) from the seed's noise, no CFG [choice].
 
     Garment features are computed once at t=0 and reused at every step [paper].  Runs ``chunk``
@@ -308,20 +308,23 @@ def sample(model: Dresser, val, cfg: Config, seed: int, chunk: int = 48):
     noise is drawn for all samples first, so the result does not depend on ``chunk``.
     Returns images ``[n, 3, S, S]`` in [-1, 1] and maps ``[n, N, S, S]`` (A_k averaged over DA
     layers and over five evenly spaced steps [choice, for time], bilinearly resized; None without garments).
+    ``regions`` (``benchmarks/ablation/regions.py``) is told of every step and gives each DA layer its
+    regions; it holds every sample's regions, so it runs all samples in one chunk.
     """
     n, size, patch = val["person"].shape[0], cfg.size, cfg.patch
     gen = torch.Generator().manual_seed(seed * 1000 + 3)
     noise = torch.randn((n, 3 * patch ** 2, size // patch, size // patch), generator=gen)
     images, maps = [], []
+    chunk = n if regions is not None else chunk
     for a in range(0, n, chunk):
         rows = slice(a, min(n, a + chunk))
-        img, m = _ddim(model, noise[rows].to(cfg.device), val["pose"][rows], val["garments"][rows], cfg)
+        img, m = _ddim(model, noise[rows].to(cfg.device), val["pose"][rows], val["garments"][rows], cfg, regions)
         images.append(img)
         maps.append(m)
     return torch.cat(images), (None if maps[0] is None else torch.cat(maps))
 
 
-def _ddim(model: Dresser, z, pose, garments, cfg: Config):
+def _ddim(model: Dresser, z, pose, garments, cfg: Config, regions=None):
     n, size, patch = z.shape[0], cfg.size, cfg.patch
     pose = to_latent(pose.to(cfg.device), patch)
     abar = schedule(cfg)
@@ -332,6 +335,9 @@ def _ddim(model: Dresser, z, pose, garments, cfg: Config):
     every = max(1, cfg.sample_steps // 5)
     for i, t in enumerate(ts):
         ctx = Ctx() if feats is None else model.ctx(feats, count, want_maps=i % every == 0)
+        if regions is not None and feats is not None:
+            regions.begin_step(i)
+            ctx.regions = regions.layer
         pred = model.dress(z, t.float().expand(n), pose, ctx)
         for a in ctx.maps.values():
             hw = int(round(a.shape[1] ** 0.5))

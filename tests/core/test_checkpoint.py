@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from anydressing_core.checkpoint import CheckpointMeta, export, load_checkpoint, save_checkpoint
 from anydressing_core.diffusers_model import build_garments_net, install_dressing_attention
 from anydressing_core.errors import AnyDressingError
-from anydressing_core.features import GarmentFeatures
+from anydressing_core.features import GarmentFeatures, garment_kv
 from anydressing_core.pipeline import unet_channels
 
 diffusers = pytest.importorskip("diffusers")
@@ -54,11 +54,11 @@ def test_round_trip_keeps_every_tensor_and_the_metadata(saved):
     assert loaded.meta.provenance == {"trainer": "test", "steps": 3}
     assert any(k.startswith("garments_net.") for k in got) and any(k.startswith("gfe.input.1.0.out.") for k in got)
     loaded.check_layers(unet_channels(unet))  # fits the UNet it came from
-    feats = GarmentFeatures(tokens={k: torch.randn(2, 5, c) for k, c in unet_channels(unet).items()},
-                            slots=["upper", "lower"], weights=[1.0, 1.0])
-    a, b = adapter.project(feats), loaded.project(feats)
+    feats = GarmentFeatures.of({k: torch.randn(2, 5, c) for k, c in unet_channels(unet).items()}, ["upper", "lower"])
+    a, b = adapter.attach(feats), loaded.attach(feats)
     for key in feats.tokens:
-        torch.testing.assert_close(a.kv[key][0], b.kv[key][0])
+        like = feats.tokens[key]
+        torch.testing.assert_close(garment_kv(a, key, None, None, like)[0], garment_kv(b, key, None, None, like)[0])
     assert b.form == "separate"
 
 
@@ -149,9 +149,9 @@ def test_zero_shot_adapter_has_no_weights_and_saves(tmp_path):
     save_checkpoint(str(path), {}, meta)
     adapter = load_checkpoint(str(path))
     assert adapter.zero_shot and adapter.encode_hooks(["hat"]) is None
-    feats = GarmentFeatures(tokens={("input", 1, 0): torch.randn(1, 2, 4)}, slots=["hat"], weights=[1.0])
-    out = adapter.project(feats)
-    assert out.kv is None and out.form == "joint"
+    feats = GarmentFeatures.of({("input", 1, 0): torch.randn(1, 2, 4)}, ["hat"])
+    out = adapter.attach(feats)
+    assert out.projections is None and out.form == "joint"
     assert json.loads(CheckpointMeta.to_strings(meta)["anydressing.layers"]) == ["input.1.0", "middle.0.0"]
 
 

@@ -152,7 +152,7 @@ def test_copied_projections_equal_zero_shot_and_gradients_reach_trainables():
     da = install_dressing_attention(unet, projections="copy")
     with da.use(feats, strength=1.0, form="separate"):
         trained = unet(x, t, ctx).sample
-    with da.use(da.precompute(feats), strength=1.0, form="separate"):
+    with da.use(da.projections.attach(feats), strength=1.0, form="separate"):
         precomputed = unet(x, t, ctx).sample
     torch.testing.assert_close(trained, precomputed)
     da.remove()
@@ -170,14 +170,16 @@ def test_projection_of_features_is_f_times_w():
     proj = DAProjections(w)
     from anydressing_core.features import GarmentFeatures
 
-    feats = GarmentFeatures(tokens={("input", 1, 0): torch.randn(2, 3, 8)}, slots=["upper", "hat"], weights=[1, 1])
-    out = proj.project(feats, dtype=torch.float64)
-    gk, gv = out.kv[("input", 1, 0)]
+    from anydressing_core.features import garment_kv
+
+    feats = GarmentFeatures.of({("input", 1, 0): torch.randn(2, 3, 8)}, ["upper", "hat"])
+    out = proj.attach(feats)
+    gk, gv = garment_kv(out, ("input", 1, 0), None, None, torch.zeros(1, dtype=torch.float64))
     assert gk.shape == (1, 6, 8) and gk.dtype == torch.float64
     torch.testing.assert_close(gk, feats.flat(("input", 1, 0)).double() @ w[("input", 1, 0)][0].double().t())
-    bad = GarmentFeatures(tokens={("input", 2, 0): torch.randn(1, 3, 8)}, slots=["upper"], weights=[1])
+    bad = GarmentFeatures.of({("input", 2, 0): torch.randn(1, 3, 8)}, ["upper"])
     with pytest.raises(AnyDressingError, match="input.2.0"):
-        proj.project(bad)
+        proj.attach(bad)
 
 
 def test_sdxl_shaped_garmentsnet_encodes_every_layer():

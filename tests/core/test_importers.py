@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from anydressing_core import convert
 from anydressing_core.checkpoint import load_checkpoint
+from anydressing_core.weights import load_weights
 from anydressing_core.errors import AnyDressingError
 from anydressing_core.importers import detect_layout, import_state_dicts, infer_unet_config
 from anydressing_core.keys import diffusers_layer_keys, processor_order
@@ -48,7 +49,7 @@ def test_magicclothing_joint_is_garmentsnet_only_joint_form(unet, tmp_path):
     assert detect_layout(sd) == "diffusers_unet"
     path = tmp_path / "weights_with_any_name.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    adapter = load_checkpoint(str(path))  # imported on the fly: safetensors, keys say what it is
+    adapter = load_weights(str(path))  # imported on the fly: safetensors, keys say what it is
     assert adapter.form == "joint" and adapter.projections is None and adapter.gfe is None
     assert adapter.meta.garments_net_context == "empty_prompt"
     assert "non-commercial" in adapter.meta.licence

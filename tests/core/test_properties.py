@@ -1,12 +1,12 @@
 """Property-based tests (hypothesis) on garment preprocessing and on the Dressing-Attention math.
 
 Every property runs on tiny arrays (at most 96 px, 16 channels) with a bounded number of examples, so the
-file takes seconds on 2 shared cores.  Properties checked (issue 8):
+file takes seconds on 2 shared cores.  Properties checked:
 
 garments: any input either gives a valid result or an AnyDressingError (never another exception); the
 result has the asked shape, is finite and in 0..1; grey = RGB with equal channels; uint8 = float/255; the
 crop makes the result independent of where the garment sits on a plain background; a mask of another
-size but the same aspect is rescaled, another aspect is refused; limit_size keeps the aspect.
+size but the same aspect is rescaled, another aspect is refused; downscale keeps the aspect.
 
 DA: shapes and finiteness for both forms; strength 0 is the plain self-attention (exact in the separate
 form); permuting garments (tokens, weights and regions along) leaves the output unchanged and permutes the
@@ -26,7 +26,7 @@ from hypothesis.extra import numpy as hnp
 
 from anydressing_core.attention import DAForm, dressing_attention, garment_maps, masks_to_tokens, sdpa_attention
 from anydressing_core.errors import AnyDressingError
-from anydressing_core.garments import MIN_SIDE, fit_mask, limit_size, pad_to_aspect, prepare_garment, to_rgb_alpha
+from anydressing_core.garments import MIN_SIDE, downscale, fit_mask, pad_to_aspect, prepare_garment, to_rgb_alpha
 
 # Small, deterministic budgets: the suite shares 2 cores with other people's runs.
 FAST = settings(max_examples=30, deadline=None, derandomize=True,
@@ -153,12 +153,12 @@ def test_mask_of_another_size_rescales_other_aspect_refused(h, w, factor, other)
 @counted
 @FAST
 @given(h=st.integers(1, 1200), w=st.integers(1, 1200), max_side=st.integers(16, 512))
-def test_limit_size_bounds_side_and_keeps_aspect(h, w, max_side):
+def test_downscale_bounds_side_and_keeps_aspect(h, w, max_side):
     assume(min(h, w) * max_side / max(h, w) >= 4)  # rounding of tiny sides dominates the aspect otherwise
-    out, mask = limit_size(np.zeros((h, w, 3), np.float32), np.ones((h, w), np.float32), max_side)
+    out = downscale(np.zeros((h, w, 3), np.float32), max_side)
     oh, ow = out.shape[:2]
     assert max(oh, ow) <= max(max_side, h, w) and (max(h, w) <= max_side or max(oh, ow) <= max_side)
-    assert mask.shape == (oh, ow)
+    assert out.shape[2] == 3
     assert abs(ow / oh - w / h) <= (w / h) * (1.0 / min(oh, ow)) + 1e-6
 
 

@@ -159,6 +159,27 @@ def test_damaged_or_half_written_sharded_checkpoints_are_not_used(tmp_path, fsdp
         ckpt.load(ck, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, how", [("sharded/__0_0.distcp", "changed"), ("sharded/__1_0.distcp", "truncated"),
+                                       ("sharded/.metadata", "changed"), ("sharded/.metadata", "missing"),
+                                       ("rng_rank1.pt", "changed"), ("scheduler.pt", "truncated"),
+                                       ("state.json", "changed")])
+def test_every_file_of_a_sharded_checkpoint_is_checked_before_resume(tmp_path, fsdp_ref, name, how):
+    from anydressing_core.train import integrity
+    from test_train_resume import damage
+
+    out = tmp_path / "run"
+    shutil.copytree(fsdp_ref["out"] / "checkpoints", out / "checkpoints")
+    newest = out / "checkpoints" / "step_00000004"
+    assert integrity.resolve(out, str(newest), world_size=2) == newest
+    damage(newest / name, how)
+    with pytest.raises(AnyDressingError) as err:
+        integrity.resolve(out, str(newest), world_size=2)
+    msg = str(err.value)
+    assert "\n" not in msg and name.split("/")[-1] in msg and "step_00000003" in msg, msg
+    assert integrity.resolve(out, "latest", world_size=2) == out / "checkpoints" / "step_00000003"
+
+
 class _Planted:
     """Unpickling this calls os.makedirs(marker): what a crafted DCP .metadata could do instead."""
 

@@ -1,6 +1,7 @@
 """End-to-end fixtures: one real headless ComfyUI (``main.py --cpu``) per test session, with this pack loaded
-through an extra_model_paths ``custom_nodes`` entry, an isolated ``--base-directory``, the tiny random
-models in its model folders and the sample pictures in its input folder.
+through an extra_model_paths ``custom_nodes`` entry, an isolated ``--base-directory`` (which also holds its
+temp, user and database), the tiny random models in its model folders and the shipped sample pictures
+uploaded through ``/upload/image`` as workflows/README.md tells users to.
 
 The server's log is copied to ``artifacts/e2e/comfyui.log`` at the end (artifacts/ is gitignored).
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from anydressing_run.client import ComfyClient
-from anydressing_run.samples import write_samples
+from anydressing_run.samples import shipped_samples, upload_samples
 from anydressing_run.server import PACK_DIR, ComfyServer, find_comfyui
 from e2e_support import ARTIFACTS, OUR_NODES, tiny_cache
 
@@ -28,9 +29,9 @@ def comfyui_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_files(comfyui_path) -> dict:
-    """The tiny checkpoint / ControlNet / LoRA, built by nodes/tiny_models.py in a subprocess (shared cache)."""
-    proc = subprocess.run([sys.executable, str(PACK_DIR / "nodes" / "tiny_models.py"), str(tiny_cache()),
-                           "--comfyui", str(comfyui_path)], capture_output=True, text=True)
+    """The tiny checkpoint / ControlNet / LoRA, built by devtools/tiny_models.py in a subprocess (shared cache)."""
+    proc = subprocess.run([sys.executable, "-m", "devtools.tiny_models", str(tiny_cache()),
+                           "--comfyui", str(comfyui_path)], capture_output=True, text=True, cwd=PACK_DIR)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {k: Path(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
@@ -41,13 +42,7 @@ def server_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def samples(server_base) -> dict:
-    """Sample pictures written straight into the server's input folder under the workflows' file names."""
-    return write_samples(server_base / "input", size=64, seed=0)
-
-
-@pytest.fixture(scope="session")
-def e2e_server(comfyui_path, tiny_files, server_base, samples):
+def e2e_server(comfyui_path, tiny_files, server_base):
     folder = [tiny_files["folder"]]
     srv = ComfyServer(comfyui_path, cpu=True, base_directory=server_base,
                       model_folders={"checkpoints": folder, "controlnet": folder, "loras": folder})
@@ -74,3 +69,10 @@ def client(e2e_server) -> ComfyClient:
 @pytest.fixture(scope="session")
 def object_info(client) -> dict:
     return client.object_info()
+
+
+@pytest.fixture(scope="session")
+def samples(client) -> dict:
+    """The shipped sample pictures, uploaded under the names the shipped workflows use: ``{key: local Path}``."""
+    upload_samples(client)
+    return shipped_samples()

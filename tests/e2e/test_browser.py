@@ -1,6 +1,6 @@
 """The real ComfyUI editor (frontend served by the e2e server) in headless Debian Chromium via playwright.
 
-Never runs playwright's browser download: it drives /usr/bin/chromium (flags from HOST.md). Screenshots go to
+Never runs playwright's browser download: it drives /usr/bin/chromium (flags that keep it offline). Screenshots go to
 artifacts/e2e/ (gitignored).
 """
 
@@ -100,7 +100,7 @@ def test_editor_exports_the_api_twin(name, page):
     assert json.loads(json.dumps(exported)) == load_api(name)
 
 
-def test_queue_from_the_editor_without_validation_errors(page, client, tiny_files):
+def test_queue_from_the_editor_without_validation_errors(page, client, tiny_files, samples):
     """The multi-garment workflow queued by the editor itself (sizes made tiny in its widgets) runs clean."""
     load(page, load_ui("anydressing_upper_lower_hat"))
     settings = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2},

@@ -11,23 +11,14 @@ import socket
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 
 from anydressing_run.server import PACK_DIR, free_port
 
-from e2e_support import QUICK, tiny_cache
-
-
-def runner(*args, timeout=600):
-    env = dict(os.environ, ANYDRESSING_TINY_MODELS=str(tiny_cache()))
-    env.pop("ANYDRESSING_SERVER", None)
-    return subprocess.run([sys.executable, "-m", "anydressing_run", *map(str, args)], cwd=PACK_DIR,
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def quick_flags(tiny_files):
-    return ["--steps", QUICK["steps"], "--width", QUICK["width"], "--height", QUICK["height"],
-            "--garment-size", "64x64", "--seed", QUICK["seed"], "--checkpoint", tiny_files["checkpoint"].name]
+from e2e_support import BARE_PYTHON, quick_flags, runner
+from host_guard import compare, snapshot
 
 
 def test_runner_imports_no_comfy_module():
@@ -47,8 +38,8 @@ def test_list_names_every_workflow_and_the_third_party_one():
 def test_run_with_progress_bar_and_outputs(e2e_server, samples, tiny_files, tmp_path):
     out = tmp_path / "out"
     proc = runner("run", "upper_lower_hat", "--server", e2e_server.url, "--output", out,
-                  "--garment", f"upper={samples['anydressing_upper.png']}",
-                  "--garment", f"hat={samples['anydressing_hat.png']}",
+                  "--garment", f"upper={samples['upper']}",
+                  "--garment", f"hat={samples['hat']}",
                   "--prompt", "a person in a red hat", *quick_flags(tiny_files))
     assert proc.returncode == 0, proc.stderr
     assert "[" in proc.stderr and "2/2 Sampler" in proc.stderr, proc.stderr  # websocket progress
@@ -63,7 +54,8 @@ def test_invalid_graph_exits_2_with_node_errors(e2e_server, tiny_files, tmp_path
     proc = runner("run", "single_garment", "--server", e2e_server.url, "--output", out,
                   "--set", "Apply AnyDressing.strength=99", *quick_flags(tiny_files))
     assert proc.returncode == 2
-    assert "rejected the workflow" in proc.stderr and "(AnyDressingApply)" in proc.stderr, proc.stderr
+    assert "rejected the workflow" in proc.stderr, proc.stderr
+    assert "'Apply AnyDressing' (node " in proc.stderr and "AnyDressingApply), input strength: " in proc.stderr
     assert not out.exists()
 
 
@@ -118,18 +110,89 @@ def test_demo_runs_offline_and_says_noise(tmp_path, tiny_files):
     assert "PICTURES ARE NOISE" in proc.stderr
     assert (out / "demo_result_00.png").is_file() and (out / "demo_attention_maps_00.png").is_file()
     assert str(out / "demo_result_00.png") in proc.stdout
-    assert (out / "inputs" / "anydressing_hat.png").is_file()
+    assert (out / "inputs" / "hat.png").is_file()
 
 
 @pytest.mark.slow
-def test_run_starts_its_own_server_with_model_files_given_as_paths(samples, tiny_files, tmp_path):
-    """No --server: the runner starts a headless ComfyUI (CPU here), registers the folders of the checkpoint
-    and LoRA files it was given, runs, saves, and stops the server."""
+def test_run_starts_its_own_server_with_model_files_given_as_paths(samples, tiny_files, tmp_path, comfyui_path):
+    """No --server: the runner starts a headless ComfyUI (CPU here) whose input, output, temp, user folders
+    and database are its own, registers the folders of the checkpoint and LoRA files it was given, runs,
+    saves, and stops the server; the ComfyUI folder is exactly as before."""
+    before = snapshot(comfyui_path)
     out = tmp_path / "out"
+    bare = BARE_PYTHON or sys.executable  # the runner needs no torch; the server gets ComfyUI's Python
     proc = runner("run", "lora", "--checkpoint", tiny_files["checkpoint"], "--lora", tiny_files["lora"],
                   "--cpu", "--output", out, "--quiet", "--steps", 2, "--width", 64, "--height", 64,
-                  "--garment-size", "64x64", "--garment", f"upper={samples['anydressing_upper.png']}",
-                  "--garment", f"lower={samples['anydressing_lower.png']}", "--verbose")
+                  "--garment-size", "64x64", "--garment", f"upper={samples['upper']}",
+                  "--garment", f"lower={samples['lower']}", "--verbose", "--python", sys.executable, python=bare)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--cpu" in proc.stderr and "starting ComfyUI" in proc.stderr  # --verbose logs the command
+    command = next(line for line in proc.stderr.splitlines() if "starting ComfyUI" in line)  # --verbose logs it
+    for flag in ("--cpu", "--input-directory", "--output-directory", "--temp-directory", "--user-directory",
+                 "--database-url sqlite:///"):
+        assert flag in command, f"{flag} missing from the started server's command: {command}"
+    assert str(comfyui_path) + "/" not in command.split("(cwd")[0], "a folder of the ComfyUI install was given"
     assert (out / "anydressing_lora_result_00.png").is_file()
+    changes = compare(before, snapshot(comfyui_path))
+    assert not any(changes.values()), changes
+
+
+@pytest.mark.skipif(BARE_PYTHON is None, reason="no Python without torch on this machine")
+def test_a_python_without_torch_is_told_to_pass_comfyuis_python(tmp_path):
+    (tmp_path / "comfy").mkdir()
+    (tmp_path / "main.py").write_text("")
+    proc = runner("run", "single_garment", "--comfyui", tmp_path, "--output", tmp_path / "out", python=BARE_PYTHON,
+                  timeout=60)
+    assert proc.returncode == 3 and "has no torch" in proc.stderr and "--python" in proc.stderr, proc.stderr
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    proc = runner("run", "single_garment", "--comfyui", tmp_path, "--output", tmp_path / "out", "--verbose",
+                  python=BARE_PYTHON, timeout=120)
+    assert f"starting ComfyUI: {tmp_path / 'venv' / 'bin' / 'python'} main.py" in proc.stderr, proc.stderr
+
+
+def test_node_error_before_sampling_is_one_clean_line_and_exit_2(e2e_server, tiny_files, tmp_path):
+    """A 1x1 garment picture: the Garment node's own message on one line (its title, the input), no module
+    path in front of it, no traceback unless --verbose, exit 2."""
+    tiny = tmp_path / "one_pixel.png"
+    cv2.imwrite(str(tiny), np.full((1, 1, 3), 128, np.uint8))
+    args = ["run", "single_garment", "--server", e2e_server.url, "--output", tmp_path / "out", "--no-probe",
+            "--quiet", "--garment", f"upper={tiny}", *quick_flags(tiny_files)]
+    proc = runner(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("anydressing-run: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "'Garment: upper' (node " in errors[0] and "AnyDressingGarment), input image: " in errors[0]
+    assert "at least 16x16" in errors[0]
+    assert 'File "' not in proc.stderr and "anydressing_core.errors" not in proc.stderr, proc.stderr
+    assert "--verbose" in lines[-1]
+    verbose = runner(*args, "--verbose")
+    assert verbose.returncode == 2 and "the server's traceback:" in verbose.stderr
+    assert 'File "' in verbose.stderr and "raise AnyDressingError" in verbose.stderr
+
+
+def test_settings_and_expected_time_are_said_before_sampling(e2e_server, tiny_files, samples, tmp_path):
+    """On this CPU-only server ``auto`` picks cpu-preview (command-line sizes win); the probe's estimate is
+    printed before the sampler's first step."""
+    proc = runner("run", "single_garment", "--server", e2e_server.url, "--output", tmp_path / "out",
+                  *quick_flags(tiny_files))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    settings = next(i for i, line in enumerate(lines) if line.startswith("settings: "))
+    assert "cpu-preview (auto: the server has no GPU): 64x64, 2 steps, 1 garment(s) at 64x64" in lines[settings]
+    expected = next(i for i, line in enumerate(lines) if line.startswith("expected: about "))
+    first_step = next(i for i, line in enumerate(lines) if "Sampler" in line and "/2 " in line)
+    took = next(i for i, line in enumerate(lines) if line.startswith("the server took "))
+    assert settings < expected < first_step < took, lines
+    assert "s per step x 2 steps" in lines[expected] and "(1 against 3 steps)" in lines[expected]
+    assert not (tmp_path / "out" / "PreviewAny").exists() and len(list((tmp_path / "out").iterdir())) == 2
+
+
+def test_comfyui_starts_without_an_import_failure(e2e_server):
+    """The environment setup_env.sh builds has everything ComfyUI imports at start (torchaudio included)."""
+    log = e2e_server.log_path.read_text(errors="replace")
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line]
+    if failed and subprocess.run([e2e_server.python, "-c", "import torchaudio"], capture_output=True).returncode:
+        pytest.skip("ENVIRONMENT: torchaudio is missing from this Python, so ComfyUI's audio nodes fail to import; "
+                    "scripts/setup_env.sh installs it")
+    assert not failed, "\n".join(failed)

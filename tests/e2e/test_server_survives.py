@@ -23,7 +23,7 @@ from e2e_support import load_api
 
 pytestmark = pytest.mark.slow
 
-UPPER = "anydressing_upper.png"  # written into the server's input folder by the samples fixture
+UPPER = "anydressing/upper.png"  # uploaded into the server's input folder by the samples fixture
 
 
 def normal_graph(tiny_files, seed=1, steps=2) -> dict:
@@ -58,7 +58,7 @@ def run(client, graph, timeout=600):
     return entry, pixels
 
 
-def failed(client, graph, match, exit_code=4):
+def failed(client, graph, match, exit_code):
     with pytest.raises(RunnerError) as err:
         pid = client.queue(graph)
         client.wait(pid, graph, timeout=600)
@@ -103,13 +103,13 @@ def test_bad_prompts_fail_clearly_and_the_next_normal_prompt_is_unchanged(client
     cv2.imwrite(str(base / "input" / "one_pixel.png"), np.full((1, 1, 3), 128, np.uint8))
     g = normal_graph(tiny_files)
     g[node_id(g, "LoadImage")]["inputs"]["image"] = "one_pixel.png"
-    failed(client, g, "at least 16x16")
+    failed(client, g, "at least 16x16", exit_code=2)
 
     # an opaque picture's LoadImage mask (all 0) wired as the garment mask
     g = normal_graph(tiny_files)
     load, garment = node_id(g, "LoadImage"), node_id(g, "AnyDressingGarment")
     g[garment]["inputs"]["mask"] = [load, 1]
-    failed(client, g, "is empty")
+    failed(client, g, "is empty", exit_code=2)
 
     # 9 chained garments
     g = normal_graph(tiny_files)
@@ -119,7 +119,7 @@ def test_bad_prompts_fail_clearly_and_the_next_normal_prompt_is_unchanged(client
                       "inputs": {"image": [load, 0], "slot": "upper", "weight": 1.0, "garments": prev}}
         prev = [f"5{i}", 0]
     g[node_id(g, "AnyDressingEncodeGarments")]["inputs"]["garments"] = prev
-    failed(client, g, "at most 8 garments")
+    failed(client, g, "at most 8 garments", exit_code=2)
 
     # bad weight files through the loader (models/anydressing under the server's base directory)
     folder = base / "models" / "anydressing"
@@ -128,10 +128,11 @@ def test_bad_prompts_fail_clearly_and_the_next_normal_prompt_is_unchanged(client
     marker = base / "PWNED"
     torch.save({"w": torch.zeros(2), "x": Evil(marker)}, str(folder / "pickled.safetensors"))
     info = client.get_json("/object_info/AnyDressingLoader")
-    listed = info["AnyDressingLoader"]["input"]["required"]["anydressing_name"][0]
+    spec = info["AnyDressingLoader"]["input"]["required"]["anydressing_name"]
+    listed = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combos carry their options in the dict
     assert {"truncated.safetensors", "pickled.safetensors"} <= set(listed), listed
-    failed(client, loader_graph(tiny_files, "truncated.safetensors"), "not a readable safetensors")
-    failed(client, loader_graph(tiny_files, "pickled.safetensors"), "pickled torch file")
+    failed(client, loader_graph(tiny_files, "truncated.safetensors"), "not a readable safetensors", exit_code=2)
+    failed(client, loader_graph(tiny_files, "pickled.safetensors"), "pickled torch file", exit_code=2)
     assert not marker.exists(), "the server executed code from a weight file"
     with pytest.raises(RunnerError) as err:  # validation: the name is not in the list
         client.queue(loader_graph(tiny_files, "../checkpoints/" + tiny_files["checkpoint"].name))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -58,3 +60,42 @@ class Graph:
                             scheduler="ddim_uniform", positive=positive or self.pos, negative=negative or self.neg,
                             latent_image=latent, denoise=1.0)[0]
         return out["samples"]
+
+
+# The diffusers twin of devtools/tiny_models.py's "recommended" preset (model_channels 320, 2 levels, 7 blocks).
+TINY_DIFFUSERS = dict(block_out_channels=(320, 320), layers_per_block=1,
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                      attention_head_dim=8, sample_size=8)
+
+
+def diffusers_unet_from_comfy(host, model):
+    """A diffusers UNet holding exactly the ComfyUI MODEL's weights (ComfyUI's own key map)."""
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)  # diffusers -> LDM
+    ldm = model.model.diffusion_model.state_dict()
+    import diffusers
+
+    unet = diffusers.UNet2DConditionModel(**TINY_DIFFUSERS)
+    missing, unexpected = unet.load_state_dict({d: ldm[l].float() for d, l in mapping.items() if l in ldm}, strict=False)
+    assert not missing and not unexpected, (missing[:3], unexpected[:3])
+    return unet.eval()
+
+
+def make_adapter(host, unet, seed=0, include_unet=True, slots=("upper", "lower")):
+    """A 'trained' adapter: GarmentsNet != base, non-zero GFE LoRA, Wk'/Wv' != Wk/Wv."""
+    core = host.module("anydressing_core.diffusers_model")
+    ckpt = host.module("anydressing_core.checkpoint")
+    g = torch.Generator().manual_seed(seed)
+    gnet = core.build_garments_net(copy.deepcopy(unet), slots=list(slots), rank=4, alpha=8)
+    da = core.install_dressing_attention(copy.deepcopy(unet), projections="copy")
+    with torch.no_grad():
+        for p in gnet.gfe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for name, p in gnet.unet.named_parameters():
+            if name.endswith("attn1.to_v.weight"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.01)
+        for p in da.projections.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    return ckpt.export(gnet, da, include_unet=include_unet, provenance={"test": "tiny"}), gnet, da

@@ -16,6 +16,7 @@ import tracemalloc
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,10 +136,14 @@ def test_odd_but_valid_pictures_are_accepted(host, heavy, case):
     item = chain.items[-1]
     assert item.image.ndim == 3 and item.image.shape[2] == 3 and item.image.dtype.name == "float32"
     assert float(item.image.min()) >= 0 and float(item.image.max()) <= 1
-    if case == "A02":
-        assert item.mask is not None, "transparency should become the garment mask"
-    if case == "A03":
-        assert item.mask is None, "an opaque alpha says nothing about the garment: auto-mask instead"
+    garments = host.module("anydressing_core.garments")
+    picture = make()[0].float().numpy()
+    if case == "A02":  # transparency is the garment mask
+        _, want = garments.normalize_garment(picture[..., :3], picture[..., 3])
+        assert np.array_equal(item.mask, want), "transparency should become the garment mask"
+    if case == "A03":  # an opaque alpha says nothing about the garment: the automatic mask instead
+        _, want = garments.normalize_garment(picture[..., :3], None)
+        assert np.array_equal(item.mask, want), "an opaque alpha should give the automatic mask"
 
 
 def test_huge_picture_is_downscaled_before_any_copy(host, heavy):
@@ -153,19 +158,26 @@ def test_huge_picture_is_downscaled_before_any_copy(host, heavy):
     finally:
         tracemalloc.stop()
     item = chain.items[0]
-    assert max(item.image.shape[:2]) == garments.MAX_SIDE
-    assert abs(item.image.shape[1] / item.image.shape[0] - 5000 / 6000) < 1e-3
+    assert max(item.image.shape[:2]) <= garments.MAX_SIDE
+    # stored cropped to the 3000x4000 garment (plus a 4% margin), after the downscale to MAX_SIDE
+    assert abs(item.image.shape[1] / item.image.shape[0] - 3000 / 4000) < 0.02
+    assert 4000 * garments.MAX_SIDE / 6000 <= item.image.shape[0] <= 1.1 * 4000 * garments.MAX_SIDE / 6000
     full = big.numel() * 4
-    assert peak < 0.75 * full, f"peak {peak / 2**20:.0f} MiB while preprocessing a {full / 2**20:.0f} MiB picture"
+    at_max_side = garments.MAX_SIDE * round(5000 * garments.MAX_SIDE / 6000) * 3 * 4  # the downscaled float picture
+    assert peak < full, f"peak {peak / 2**20:.0f} MiB: the {full / 2**20:.0f} MiB picture was copied at full size"
+    assert peak < 2.5 * at_max_side, (f"peak {peak / 2**20:.0f} MiB while normalising a picture of "
+                                      f"{at_max_side / 2**20:.0f} MiB at the size limit")
 
 
 def test_thin_huge_picture_with_its_own_mask_is_accepted(host, heavy):
-    """A13: 16x20000 with its mask: the picture is downscaled to 3x4096 first; the mask still fits it."""
+    """A13: 16x20000 with its mask: the picture is downscaled to 3x4096 first; the mask still fits it and
+    the garment is cropped to the masked half."""
     img = torch.full((1, 20000, 16, 3), 0.5)
     mask = torch.zeros(1, 20000, 16)
     mask[:, 5000:15000, 4:12] = 1.0
     item = garment(host, img, mask=mask).items[0]
-    assert item.image.shape[:2] == item.mask.shape and max(item.mask.shape) == 4096 and item.mask.max() == 1
+    assert item.image.shape[:2] == item.mask.shape and item.mask.max() == 1
+    assert 2048 <= item.mask.shape[0] <= 1.1 * 2048  # 10000 of 20000 rows at 4096 / 20000, plus the margin
 
 
 def test_huge_picture_auto_mask_works_on_a_small_copy(host, monkeypatch):
@@ -235,7 +247,7 @@ def test_b19_more_than_max_garments_chained(host, heavy):
 def test_b20_batch_larger_than_max_refused_before_preprocessing(host, heavy, monkeypatch):
     node = host.module("nodes.garment")
     seen = []
-    monkeypatch.setattr(node, "to_rgb_alpha", lambda *a, **k: seen.append(1))
+    monkeypatch.setattr(node, "normalize_garment", lambda *a, **k: seen.append(1))
     refused(heavy, lambda: garment(host, torch.rand(40, 64, 48, 3)), "batch of 40 pictures.*at most 8")
     assert not seen, "pictures were preprocessed before the count was checked"
 
@@ -351,17 +363,16 @@ def test_b31_unknown_form_and_cfg_policy(host, g, feats, heavy):
 
 
 def test_b32_features_of_another_type(host, g, heavy):
-    refused(heavy, lambda: apply(host, g, {"tokens": {}}), "must come from Encode Garments")
+    refused(heavy, lambda: apply(host, g, {"tokens": {}}), "must come from AnyDressing Encode Garments")
 
 
 def test_b33_features_from_a_unet_of_another_shape(host, g, feats, heavy):
     GF = type(feats)
-    missing = GF(tokens={k: v for k, v in list(feats.tokens.items())[:2]}, slots=feats.slots, weights=feats.weights)
+    missing = GF.of({k: v for k, v in list(feats.tokens.items())[:2]}, feats.slots, feats.weights)
     refused(heavy, lambda: apply(host, g, missing), "another shape.*have no features.*same base architecture")
-    extra = GF(tokens={**feats.tokens, ("output", 99, 0): next(iter(feats.tokens.values()))},
-               slots=feats.slots, weights=feats.weights)
+    extra = GF.of({**feats.tokens, ("output", 99, 0): next(iter(feats.tokens.values()))}, feats.slots, feats.weights)
     refused(heavy, lambda: apply(host, g, extra), "layers \\['output.99.0'\\] that this model lacks")
-    wide = GF(tokens={k: torch.zeros(1, 4, 640) for k in feats.tokens}, slots=feats.slots, weights=feats.weights)
+    wide = GF.of({k: torch.zeros(1, 4, 640) for k in feats.tokens}, feats.slots, feats.weights)
     refused(heavy, lambda: apply(host, g, wide), "expects 320 channels but the garment features have 640")
 
 
@@ -392,7 +403,7 @@ def maps(host, g, model, **kw):
 
 
 def test_b36_maps_of_an_unpatched_model(host, g, heavy):
-    refused(heavy, lambda: maps(host, g, g.model), "carries no AnyDressing patch.*Apply AnyDressing")
+    refused(heavy, lambda: maps(host, g, g.model), "carries no AnyDressing patch.*AnyDressing Apply")
 
 
 def test_b37_maps_bad_latent_and_percent(host, g, feats, heavy):
@@ -400,7 +411,7 @@ def test_b37_maps_bad_latent_and_percent(host, g, feats, heavy):
     refused(heavy, lambda: maps(host, g, patched, at_percent=2.0), "at_percent 2.0 is out of range")
     refused(heavy, lambda: maps(host, g, patched, latent=torch.zeros(1, 4, 8, 8)), "must be a LATENT")
     refused(heavy, lambda: maps(host, g, patched, latent={"samples": torch.zeros(1, 16, 8, 8)}), "takes 4-channel latents")
-    refused(heavy, lambda: maps(host, g, patched, at_percent=0.9), "outside the Apply node's start/end range")
+    refused(heavy, lambda: maps(host, g, patched, at_percent=0.9), "outside the AnyDressing Apply node's start/end range")
 
 
 # ---------------------------------------------------------------- the host stays usable
@@ -547,7 +558,7 @@ def test_valid_weight_file_still_loads_after_the_bad_ones(host, g, weights):
     assert garments_net.model is g.model.model
     feats = host.run("AnyDressingEncodeGarments", model=garments_net, vae=g.vae, garments=garment(host, rgb()),
                      width=64, height=64, adapter=adapter)[0]
-    assert feats.kv is not None  # K'/V' projected by the file's weights
+    assert feats.projections is adapter.projections  # K'/V' come from the file's weights, once per run
     out = g.sample(host.run("AnyDressingApply", model=g.model, features=feats, strength=0.7, start_percent=0.0,
                             end_percent=1.0, form="auto", cfg_policy=PAPER, adapter=adapter)[0], steps=1)
     assert torch.isfinite(out).all()
@@ -555,7 +566,7 @@ def test_valid_weight_file_still_loads_after_the_bad_ones(host, g, weights):
 
 
 def _foreign_adapter(host, folder):
-    """An adapter made for an SDXL-like layer layout (3 layers, 640 wide): loadable, but fits no tiny SD1.5."""
+    """An SD1.5 adapter made for another layer layout (3 layers, 640 wide): loadable, but fits no tiny SD1.5."""
     ckpt = host.module("anydressing_core.checkpoint")
     layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]
     tensors = {}
@@ -564,7 +575,7 @@ def _foreign_adapter(host, folder):
         tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
         tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
     path = folder / "xl_adapter.safetensors"
-    ckpt.save_checkpoint(str(path), tensors, ckpt.CheckpointMeta(base="sdxl", layers=layers))
+    ckpt.save_checkpoint(str(path), tensors, ckpt.CheckpointMeta(base="sd15", layers=layers))
     return ckpt.load_checkpoint(str(path))
 
 

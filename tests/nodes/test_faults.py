@@ -46,8 +46,10 @@ def before(g):
 def snapshot(g):
     import comfy.model_management as mm
 
+    # garment stores stay loaded after a run like any model (interrupted or not) and go with their MODEL
     return {"options": repr(g.model.model_options), "patches": sorted(g.model.patches),
-            "loaded": sorted((type(m.model.model).__name__, id(m.model.model)) for m in mm.current_loaded_models),
+            "loaded": sorted((type(m.model.model).__name__, id(m.model.model)) for m in mm.current_loaded_models
+                             if type(m.model.model).__name__ != "GarmentStore"),
             "interrupted": mm.processing_interrupted()}
 
 
@@ -110,7 +112,7 @@ def test_interrupt_during_sampling_leaves_no_patch_or_cache(host, g, before):
 
     patch = host.module("nodes.patch")
     patched = g.apply(before["feats"])
-    shared = patch.find_shared(patched)
+    shared = patch.find_patch(patched)
     patched_options = repr(patched.model_options)
     state = snapshot(g)
     filled = []
@@ -135,7 +137,7 @@ def test_interrupt_during_attention_maps(host, g, before):
     import comfy.model_management as mm
 
     patched = g.apply(before["feats"])
-    shared = host.module("nodes.patch").find_shared(patched)
+    shared = host.module("nodes.patch").find_patch(patched)
     state = snapshot(g)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     handle, _ = interrupt_on_call(g.model.model.diffusion_model, 1)
@@ -162,7 +164,7 @@ def one_run(host, g, i):
     patched = g.apply(feats, form=("separate", "joint")[i % 2], strength=0.5 + 0.1 * (i % 5))
     out = g.sample(patched, seed=i, steps=1, cfg=1.0)
     assert torch.isfinite(out).all()
-    shared = host.module("nodes.patch").find_shared(patched)
+    shared = host.module("nodes.patch").find_patch(patched)
     return weakref.ref(feats), weakref.ref(shared), weakref.ref(patched)
 
 

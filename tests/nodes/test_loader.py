@@ -9,42 +9,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-# The diffusers twin of nodes/tiny_models.py's "recommended" preset (model_channels 320, 2 levels, 7 blocks).
-TINY_DIFFUSERS = dict(block_out_channels=(320, 320), layers_per_block=1,
-                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
-                      attention_head_dim=8, sample_size=8)
-
-
-def diffusers_unet_from_comfy(host, model):
-    """A diffusers UNet holding exactly the ComfyUI MODEL's weights (ComfyUI's own key map)."""
-    import comfy.utils
-
-    mapping = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)  # diffusers -> LDM
-    ldm = model.model.diffusion_model.state_dict()
-    unet = diffusers.UNet2DConditionModel(**TINY_DIFFUSERS)
-    missing, unexpected = unet.load_state_dict({d: ldm[l].float() for d, l in mapping.items() if l in ldm}, strict=False)
-    assert not missing and not unexpected, (missing[:3], unexpected[:3])
-    return unet.eval()
-
-
-def make_adapter(host, unet, seed=0, include_unet=True, slots=("upper", "lower")):
-    """A 'trained' adapter: GarmentsNet != base, non-zero GFE LoRA, Wk'/Wv' != Wk/Wv."""
-    core = host.module("anydressing_core.diffusers_model")
-    ckpt = host.module("anydressing_core.checkpoint")
-    g = torch.Generator().manual_seed(seed)
-    gnet = core.build_garments_net(copy.deepcopy(unet), slots=list(slots), rank=4, alpha=8)
-    da = core.install_dressing_attention(copy.deepcopy(unet), projections="copy")
-    with torch.no_grad():
-        for p in gnet.gfe.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for name, p in gnet.unet.named_parameters():
-            if name.endswith("attn1.to_v.weight"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        for p in da.projections.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    return ckpt.export(gnet, da, include_unet=include_unet, provenance={"test": "tiny"}), gnet, da
-
+from helpers import TINY_DIFFUSERS, diffusers_unet_from_comfy, make_adapter  # noqa: E402
 
 @pytest.fixture(scope="module")
 def base(host, tiny_model_names):
@@ -72,10 +37,10 @@ def saved(host, base, folder):
 def test_folder_is_registered_and_lists_safetensors_only(host, folder, saved):
     loader = host.module("nodes.loader")
     (folder / "old.pth").write_bytes(b"pickle")
-    names = host.folder_paths.get_filename_list("anydressing")
+    names = loader.weight_files()
     assert "trained.safetensors" in names and "old.pth" not in names
     schema = loader.AnyDressingLoader.INPUT_TYPES()
-    assert "trained.safetensors" in schema["required"]["anydressing_name"][0]
+    assert "trained.safetensors" in schema["required"]["anydressing_name"][1]["options"]
     for section in schema.values():
         for name, (_, opts) in section.items():
             assert opts.get("tooltip"), name
@@ -87,7 +52,7 @@ def test_loader_gives_a_comfy_garmentsnet_with_the_trained_weights(host, base, s
 
     loader = host.module("nodes.loader")
     unet, gnet, _ = saved
-    model, adapter = loader.AnyDressingLoader().load("trained.safetensors", model=base[0])
+    model, adapter = loader.load_adapter("trained.safetensors", model=base[0])
     assert isinstance(model, comfy.model_patcher.ModelPatcher) and model is not base[0]
     dm = model.model.diffusion_model
     got = dm.input_blocks[1][1].transformer_blocks[0].attn1.to_v.weight.float()
@@ -101,41 +66,42 @@ def test_loader_gives_a_comfy_garmentsnet_with_the_trained_weights(host, base, s
 def test_file_without_garmentsnet_uses_the_base_model(host, base, saved):
     loader = host.module("nodes.loader")
     errors = host.module("anydressing_core.errors")
-    model, adapter = loader.AnyDressingLoader().load("projections_only.safetensors", model=base[0])
+    model, adapter = loader.load_adapter("projections_only.safetensors", model=base[0])
     assert model.model is base[0].model  # a clone of the base MODEL: GarmentsNet = base UNet
     with pytest.raises(errors.AnyDressingError, match="no GarmentsNet weights.*Connect your checkpoint's MODEL"):
-        loader.AnyDressingLoader().load("projections_only.safetensors")
+        loader.load_adapter("projections_only.safetensors")
 
 
 def test_adapter_for_another_layer_layout_is_refused(host, base, folder):
     loader = host.module("nodes.loader")
     ckpt = host.module("anydressing_core.checkpoint")
     errors = host.module("anydressing_core.errors")
-    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]  # SDXL-like keys
-    meta = ckpt.CheckpointMeta(base="sdxl", layers=layers)
+    layers = [("input", 4, 0), ("input", 4, 1), ("middle", 0, 0)]  # SDXL-like keys in weights labelled SD1.5
+    meta = ckpt.CheckpointMeta(base="sd15", layers=layers)  # (weights labelled SDXL: tests/nodes/test_bad_input_sdxl.py)
     tensors = {}
     for k in layers:
         s = f"{k[0]}.{k[1]}.{k[2]}"
         tensors[f"da.{s}.to_k"] = torch.zeros(640, 640)
         tensors[f"da.{s}.to_v"] = torch.zeros(640, 640)
     ckpt.save_checkpoint(str(folder / "xl.safetensors"), tensors, meta)
-    with pytest.raises(errors.AnyDressingError, match=r"sdxl UNet with 3 self-attention layers.*has 7"):
-        loader.AnyDressingLoader().load("xl.safetensors", model=base[0])
+    with pytest.raises(errors.AnyDressingError, match=r"sd15 UNet with 3 self-attention layers.*has 7"):
+        loader.load_adapter("xl.safetensors", model=base[0])
 
 
 def test_encode_options_install_gfe_hooks_without_touching_the_model(host, base, saved):
     loader = host.module("nodes.loader")
-    model, adapter = loader.AnyDressingLoader().load("trained.safetensors", model=base[0])
-    keys = list(loader.model_channels(model))
+    adapter_side = host.module("nodes.adapter")
+    model, adapter = loader.load_adapter("trained.safetensors", model=base[0])
+    keys = list(host.module("nodes.common").model_channels(model))
     before = copy.copy(model.model_options.get("transformer_options", {}))
-    opts = loader.adapter_encode_options(adapter, {"patches": {"attn1_patch": ["recorder"]}, "patches_replace": {}},
+    opts = adapter_side.encode_options(adapter, {"patches": {"attn1_patch": ["recorder"]}, "patches_replace": {}},
                                          ["upper", "upper"], keys)
     assert opts["patches"]["attn1_patch"][0] == "recorder" and len(opts["patches"]["attn1_patch"]) == 2
     assert set(opts["patches_replace"]["attn1"]) == set(keys) and len(opts["patches"]["attn1_output_patch"]) == 1
     assert model.model_options.get("transformer_options", {}) == before
     errors = host.module("anydressing_core.errors")
     with pytest.raises(errors.AnyDressingError, match="'hat'"):
-        loader.adapter_encode_options(adapter, {}, ["hat"], keys)
+        adapter_side.encode_options(adapter, {}, ["hat"], keys)
 
 
 def test_encode_and_apply_take_the_adapter(host, base, saved):
@@ -147,10 +113,13 @@ def test_encode_and_apply_take_the_adapter(host, base, saved):
     chain = host.run("AnyDressingGarment", image=garment_image((0.9, 0.1, 0.1)), slot="upper", weight=1.0)[0]
     feats = host.run("AnyDressingEncodeGarments", model=gnet, vae=vae, garments=chain, width=64, height=64,
                      adapter=adapter)[0]
-    assert feats.form == "separate" and set(feats.kv) == set(feats.tokens)  # K'/V' once, at encode
+    # the adapter's form and projections travel with the features (K'/V' are computed once per run)
+    assert feats.form == "separate" and feats.projections is adapter.projections and feats.gfe
     key = next(iter(feats.tokens))
     wk, _ = adapter.projections.weights(key)
-    torch.testing.assert_close(feats.kv[key][0].float(), feats.flat(key).float() @ wk.float().t(), rtol=1e-4, atol=1e-5)
+    features = host.module("anydressing_core.features")
+    gk, _ = features.garment_kv(feats, key, None, None, feats.tokens[key].float())
+    torch.testing.assert_close(gk, feats.flat(key).float() @ wk.float().t(), rtol=1e-4, atol=1e-5)
     patched = host.run("AnyDressingApply", model=model, features=feats, strength=0.7, start_percent=0.0, end_percent=1.0,
                        form="auto", cfg_policy="garments in positive only (paper)", adapter=adapter)[0]
     assert patched is not model

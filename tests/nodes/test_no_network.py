@@ -4,8 +4,8 @@ A child Python process forbids ``socket.socket`` for AF_INET/AF_INET6, ``socket.
 ``socket.getaddrinfo`` and ``socket.gethostbyname`` BEFORE anything is imported (local AF_UNIX socket pairs,
 which asyncio's event loop needs, stay allowed), records every attempt with its stack (even one that the
 caller would swallow), then imports ComfyUI, loads this pack the way ComfyUI does and runs a whole graph:
-CheckpointLoaderSimple (tiny), Garment x2, Encode Garments, Apply AnyDressing, KSampler, Attention Maps and Load
-AnyDressing Weights (a projections-only file). The test asserts the graph ran and no attempt was recorded.
+CheckpointLoaderSimple (tiny), Garment x2, Encode Garments, Apply, KSampler, Attention Maps and the Loader
+(a projections-only file). The test asserts the graph ran and no attempt was recorded.
 """
 
 from __future__ import annotations
@@ -40,24 +40,15 @@ CHILD = textwrap.dedent(r'''
     socket.getaddrinfo = lambda *a, **k: record(f"getaddrinfo{a[:2]}")
     socket.gethostbyname = lambda *a, **k: record(f"gethostbyname{a[:1]}")
 
-    host, repo, ckpt_folder, ckpt_name, weights_folder = sys.argv[1:6]
-    sys.path.insert(0, host)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-    args.cpu = True
-    import asyncio
+    host_path, repo, ckpt_folder, ckpt_name, weights_folder = sys.argv[1:6]
+    sys.path.insert(0, repo)
+    from devtools.comfy_host import InProcessHost
     import torch
-    import folder_paths
-    import nodes
 
-    folder_paths.add_model_folder_path("checkpoints", ckpt_folder)
-    assert asyncio.run(nodes.load_custom_node(repo)), "the pack failed to import"
-    M = nodes.NODE_CLASS_MAPPINGS
-
-    def run(node_id, **kw):
-        cls = M[node_id]
-        return getattr(cls(), cls.FUNCTION)(**kw)
+    host = InProcessHost(host_path)
+    host.folder_paths.add_model_folder_path("checkpoints", ckpt_folder)
+    M = host.nodes.NODE_CLASS_MAPPINGS
+    run = host.run
 
     model, clip, vae = run("CheckpointLoaderSimple", ckpt_name=ckpt_name)
     pos = run("CLIPTextEncode", clip=clip, text="a person")[0]
@@ -74,11 +65,9 @@ CHILD = textwrap.dedent(r'''
               positive=pos, negative=neg, latent_image=latent, denoise=1.0)[0]
     maps = run("AnyDressingAttentionMaps", model=patched, positive=pos, latent=out, at_percent=0.5, seed=0)[1]
 
-    # Load AnyDressing Weights on a projections-only file written here
-    from importlib import import_module
-    pack = sys.modules[repo.replace(".", "_x_")]
-    ckpt = import_module(pack.__name__ + ".anydressing_core.checkpoint")
-    common = import_module(pack.__name__ + ".nodes.common")
+    # AnyDressing Loader on a projections-only file written here
+    ckpt = host.module("anydressing_core.checkpoint")
+    common = host.module("nodes.common")
     layers = common.attn1_modules(model.model.diffusion_model)
     tensors = {}
     for key, module in layers.items():
@@ -86,7 +75,7 @@ CHILD = textwrap.dedent(r'''
         tensors[f"da.{s}.to_k"] = torch.eye(module.to_k.in_features)
         tensors[f"da.{s}.to_v"] = torch.eye(module.to_k.in_features)
     ckpt.save_checkpoint(weights_folder + "/w.safetensors", tensors, ckpt.CheckpointMeta(base="sd15", layers=list(layers)))
-    folder_paths.add_model_folder_path("anydressing", weights_folder)
+    host.folder_paths.add_model_folder_path("anydressing", weights_folder)
     gnet, adapter = run("AnyDressingLoader", anydressing_name="w.safetensors", model=model)
 
     print("RESULT " + json.dumps({"attempts": attempts, "sample": list(out["samples"].shape),
@@ -116,7 +105,7 @@ def test_pack_imports_and_runs_with_the_network_forbidden(host, tiny_models, tmp
 
 def test_the_socket_guard_fires(tmp_path):
     """Control: the same guard catches a plain connection attempt (so an empty list above means something)."""
-    guard = CHILD.split("host, repo, ckpt_folder")[0]
+    guard = CHILD.split("host_path, repo, ckpt_folder")[0]
     probe = guard + textwrap.dedent('''
         try:
             socket.create_connection(("example.com", 80), timeout=1)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers import garment_image
-from test_loader import diffusers_unet_from_comfy, make_adapter
+from helpers import diffusers_unet_from_comfy, make_adapter
 
 log = logging.getLogger(__name__)
 TOL = 1e-5  # relative: max|a - b| <= TOL * max|b|  (measured ~1.4e-6 / ~5e-7)
@@ -67,7 +67,7 @@ def diffusers_features(host, s, size=64):
     with torch.no_grad():
         feats = gnet.encode(latents, SLOTS)
         no_gfe = core.GarmentsNet(copy.deepcopy(gunet), context="none").encode(latents, SLOTS)
-    return full.project(feats, dtype=torch.float32), full, no_gfe
+    return full.attach(feats), full, no_gfe
 
 
 def test_garment_features_and_noise_prediction_match(host, setup):
@@ -77,13 +77,16 @@ def test_garment_features_and_noise_prediction_match(host, setup):
     assert max(rel_err(cf.tokens[k], no_gfe.tokens[k]) for k in df.tokens) > 10 * TOL  # the GFE LoRA matters
     assert cf.form == df.form == "separate"
     worst_f = 0.0
+    features = host.module("anydressing_core.features")
     for key in df.tokens:
         err = rel_err(cf.tokens[key], df.tokens[key])
-        worst_f = max(worst_f, err, rel_err(cf.kv[key][0], df.kv[key][0]), rel_err(cf.kv[key][1], df.kv[key][1]))
+        like = df.tokens[key].float()
+        (ck, cv), (dk, dv) = (features.garment_kv(f, key, None, None, like) for f in (cf, df))
+        worst_f = max(worst_f, err, rel_err(ck, dk), rel_err(cv, dv))
     assert set(cf.tokens) == set(df.tokens) and len(df.tokens) == 7
     assert worst_f <= TOL, f"garment features differ by {worst_f:.2e} (relative)"
 
-    # ComfyUI: Apply AnyDressing + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
+    # ComfyUI: AnyDressing Apply + stock KSampler, one step; a stock unet-function wrapper records inputs/outputs
     patched = host.run("AnyDressingApply", model=s["model"], features=cf, strength=0.7, start_percent=0.0,
                        end_percent=1.0, form="auto", cfg_policy="garments in positive only (paper)",
                        adapter=s["adapter"])[0]
@@ -126,7 +129,7 @@ def test_garment_features_and_noise_prediction_match(host, setup):
 
 def garment_latents(host, s, size=64):
     garments = host.module("anydressing_core.garments")
-    prepared = [garments.prepare_garment(g.image, g.mask, size, size) for g in s["chain"].items]
+    prepared = [garments.place_garment(g.image, g.mask, size, size) for g in s["chain"].items]
     pixels = torch.from_numpy(np.stack([p[0] for p in prepared]))
     return s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
 
@@ -159,3 +162,41 @@ def test_magicclothing_joint_features_match_with_the_empty_prompt_context(host, 
     removed = host.run("AnyDressingEncodeGarments", model=gnet_model, vae=s["vae"], garments=s["chain"], width=64,
                        height=64, adapter=no_clip)[0]
     assert max(rel_err(removed.tokens[k], df.tokens[k]) for k in df.tokens) > 10 * TOL  # the context matters
+
+
+def test_nodes_and_pipeline_prepare_the_same_garments(host, setup):
+    """One raw RGBA picture (transparency as the mask) and one RGB picture with its own mask go through the
+    AnyDressing Garment node and through AnyDressingPipeline's garment preparation: identical records and
+    identical encode canvases, bit for bit; zero-shot features of those canvases agree across the two paths."""
+    s = setup
+    pipeline = host.module("anydressing_core.pipeline")
+    garments = host.module("anydressing_core.garments")
+    core = host.module("anydressing_core.diffusers_model")
+    rng = np.random.default_rng(3)
+    rgba = np.ones((90, 70, 4), np.float32)
+    rgba[10:80, 12:60, :3] = rng.random((70, 48, 3), dtype=np.float32)
+    rgba[..., 3] = 0.0
+    rgba[10:80, 12:60, 3] = 1.0
+    rgb = np.ones((64, 48, 3), np.float32) * 0.8
+    rgb[8:56, 6:40] = (0.2, 0.5, 0.9)
+    mask = np.zeros((64, 48), np.float32)
+    mask[8:56, 6:40] = 1.0
+    chain = host.run("AnyDressingGarment", image=torch.from_numpy(rgba)[None], slot="upper", weight=1.0)[0]
+    chain = host.run("AnyDressingGarment", image=torch.from_numpy(rgb)[None], slot="lower", weight=1.0,
+                     mask=torch.from_numpy(mask)[None], garments=chain)[0]
+    records = pipeline.AnyDressingPipeline.garment_records([rgba, rgb], ["upper", "lower"], masks=[None, mask])
+    for node_g, pipe_g in zip(chain.items, records):
+        assert np.array_equal(node_g.image, pipe_g.image) and np.array_equal(node_g.mask, pipe_g.mask)
+        assert (node_g.slot, node_g.name) == (pipe_g.slot, pipe_g.name)
+    placed_nodes = [garments.place_garment(g.image, g.mask, 64, 64)[0] for g in chain.items]
+    placed_pipe = [garments.place_garment(g.image, g.mask, 64, 64)[0] for g in records]
+    assert all(np.array_equal(a, b) for a, b in zip(placed_nodes, placed_pipe))
+    # features: the node's garment pass against diffusers' GarmentsNet on the pipeline's canvases
+    feats = host.run("AnyDressingEncodeGarments", model=s["model"], vae=s["vae"], garments=chain, width=64,
+                     height=64)[0]
+    pixels = torch.from_numpy(np.stack(placed_pipe))
+    latents = s["model"].model.process_latent_in(s["vae"].encode(pixels)).float()
+    with torch.no_grad():
+        ours = core.GarmentsNet(copy.deepcopy(s["unet"]), context="none").encode(latents, ["upper", "lower"])
+    worst = max(rel_err(feats.tokens[k], ours.tokens[k]) for k in ours.tokens)
+    assert worst <= TOL, f"garment features differ by {worst:.2e} (relative)"

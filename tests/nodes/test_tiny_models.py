@@ -70,7 +70,7 @@ def test_controlnet_loads_and_applies(host, loaded, tiny_model_names):
 
 
 def test_lora_patches_every_unet_attention_weight(host, loaded, tiny_model_names, caplog):
-    tiny = host.module("nodes.tiny_models")
+    from devtools import tiny_models as tiny
     model, clip, _ = loaded
     with caplog.at_level(logging.WARNING):
         patched, _clip = host.run("LoraLoader", model=model, clip=clip, lora_name=tiny_model_names["lora"],

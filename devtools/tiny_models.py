@@ -5,11 +5,17 @@ What they ARE good for is exercising the real ComfyUI loaders and samplers end t
 
 - ``build_tiny_sd15``: an SD1.5 checkpoint that ``CheckpointLoaderSimple`` detects as ``SD15``
   (``model_channels=320``, ``context_dim=768``, conv ``proj_in``, 4 input channels, an input-block
-  transformer; HOST.md "Tiny SD1.5 checkpoints for tests"), the real CLIP-L text encoder layout, and a
+  transformer: what ComfyUI's model detection keys on; the other sizes are free), the real CLIP-L text encoder layout, and a
   TAESD VAE (``first_stage_model.taesd_encoder/decoder.*``) so VAEEncode and VAEDecode work.
 - ``build_tiny_controlnet``: an LDM-format ControlNet (``comfy.cldm.cldm.ControlNet``) for the same UNet config.
 - ``build_tiny_lora``: kohya-format low-rank pairs on the tiny UNet's attention projections.
 - ``ensure_tiny_models``: builds all three once into a cache folder keyed by ``BUILDER_VERSION``.
+- ``build_tiny_sdxl`` / ``build_tiny_sdxl_controlnet`` / ``build_tiny_sdxl_lora`` / ``ensure_tiny_sdxl_models``: the
+  same for the SDXL family. ComfyUI detects SDXL-family UNets by ``model_channels`` 320, ``context_dim`` 2048,
+  ``adm_in_channels`` 2816 and the transformer depths, not by channel widths, so a Segmind-Vega-shaped UNet
+  (depths ``[0, 0, 1, 1, 2, 2]``) with every level 320 wide (115 M) is loaded as SDXL. Its text encoders are
+  the real, fixed-size CLIP-L (123 M) and CLIP-G (695 M, stored as fp8: ComfyUI loads fp8 tensors inside a
+  checkpoint), so the file is about 1.2 GB; it is built once per machine (``SDXL_BUILDER_VERSION``).
 
 Models are instantiated on the meta device (no memory, no init cost) only to learn key names and shapes;
 values are then drawn from one seeded ``torch.Generator`` in sorted key order, so a file is a pure
@@ -33,10 +39,10 @@ log = logging.getLogger(__name__)
 BUILDER_VERSION = 1
 
 PRESETS = {
-    # HOST.md: 13.6 M UNet, no output-block transformers, no middle transformer.
+    # 13.6 M UNet, no output-block transformers, no middle transformer.
     "smallest": dict(num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                      transformer_depth_output=[0, 0], transformer_depth_middle=-2),
-    # HOST.md: 44 M UNet, 7 transformer blocks named like real SD1.5 (input 1,2; middle 0; output 0..3).
+    # 44 M UNet, 7 transformer blocks named like real SD1.5 (input 1,2; middle 0; output 0..3).
     "recommended": dict(num_res_blocks=[1, 1], channel_mult=[1, 1], transformer_depth=[1, 1],
                         transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1),
 }
@@ -169,28 +175,32 @@ def build_tiny_sd15(path, seed: int = 0, preset: str = "recommended") -> Path:
     return _save(sd, path, _meta("sd15", preset, seed))
 
 
-def build_tiny_controlnet(path, seed: int = 0, preset: str = "recommended") -> Path:
-    """Write a tiny random LDM-format ControlNet (hint: RGB image [B, 3, H, W]) matching ``build_tiny_sd15``."""
+def _controlnet_sd(cfg: dict, seed: int) -> dict:
+    """Random LDM-format ControlNet weights (``comfy.cldm.cldm.ControlNet``) for the UNet of ``cfg``."""
     import comfy.cldm.cldm
     import comfy.ops
 
-    cfg = unet_config(preset)
+    cfg = dict(cfg)
     cfg.pop("out_channels")
     cfg.pop("use_temporal_resblock")
     cfg.pop("use_temporal_attention")
     shapes = _meta_state_dict(lambda: comfy.cldm.cldm.ControlNet(
         hint_channels=3, **cfg, operations=comfy.ops.disable_weight_init))
-    sd = _fill(shapes, seed + 3)
+    return _prefixed(_fill(shapes, seed + 3), "control_model.")
+
+
+def build_tiny_controlnet(path, seed: int = 0, preset: str = "recommended") -> Path:
+    """Write a tiny random LDM-format ControlNet (hint: RGB image [B, 3, H, W]) matching ``build_tiny_sd15``."""
+    sd = _controlnet_sd(unet_config(preset), seed)
     log.info("writing tiny ControlNet (%s, seed %d) to %s", preset, seed, path)
-    return _save(_prefixed(sd, "control_model."), path, _meta("controlnet", preset, seed))
+    return _save(sd, path, _meta("controlnet", preset, seed))
 
 
-def lora_targets(preset: str = "recommended") -> dict:
-    """UNet attention projection weight key (``diffusion_model.*``) -> (out_features, in_features)."""
+def _attention_targets(cfg: dict) -> dict:
+    """Attention projection weight key (``diffusion_model.*``) -> (out_features, in_features) of the UNet of ``cfg``."""
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    cfg = unet_config(preset)
     shapes = _meta_state_dict(lambda: UNetModel(**cfg, operations=comfy.ops.disable_weight_init))
     targets = {}
     for key, t in shapes.items():
@@ -200,17 +210,28 @@ def lora_targets(preset: str = "recommended") -> dict:
     return targets
 
 
-def build_tiny_lora(path, seed: int = 0, rank: int = 4, preset: str = "recommended") -> Path:
-    """Write kohya-format LoRA pairs (``lora_unet_<key>.lora_down/up.weight`` + ``.alpha``) on every
-    attn1/attn2 q/k/v/out projection of the tiny UNet. ``up @ down`` has shape [out, in]; alpha = rank."""
+def lora_targets(preset: str = "recommended") -> dict:
+    """UNet attention projection weight key (``diffusion_model.*``) -> (out_features, in_features)."""
+    return _attention_targets(unet_config(preset))
+
+
+def _lora_sd(targets: dict, seed: int, rank: int) -> dict:
+    """Kohya-format pairs ``lora_unet_<key>.lora_down/up.weight`` + ``.alpha`` on every target; ``up @ down``
+    has shape [out, in]; alpha = rank."""
     gen = torch.Generator().manual_seed(seed + 4)
     sd = {}
-    for key, (out_f, in_f) in sorted(lora_targets(preset).items()):
+    for key, (out_f, in_f) in sorted(targets.items()):
         name = "lora_unet_" + key[len("diffusion_model."):-len(".weight")].replace(".", "_")
         sd[f"{name}.lora_down.weight"] = (torch.randn(rank, in_f, generator=gen) / math.sqrt(in_f)).half()
         # [choice] non-zero up (real trained LoRAs start at 0): the delta must be visible in tests.
         sd[f"{name}.lora_up.weight"] = (torch.randn(out_f, rank, generator=gen) * 0.05).half()
         sd[f"{name}.alpha"] = torch.tensor(float(rank)).half()
+    return sd
+
+
+def build_tiny_lora(path, seed: int = 0, rank: int = 4, preset: str = "recommended") -> Path:
+    """Write kohya-format LoRA pairs on every attn1/attn2 q/k/v/out projection of the tiny UNet."""
+    sd = _lora_sd(lora_targets(preset), seed, rank)
     log.info("writing tiny LoRA (rank %d, %d layers) to %s", rank, len(sd) // 3, path)
     return _save(sd, path, _meta("lora", preset, seed, rank=rank))
 
@@ -239,30 +260,140 @@ def ensure_tiny_models(folder, seed: int = 0, preset: str = "recommended") -> di
     return {**paths, "folder": root}
 
 
+# --- SDXL family ---------------------------------------------------------------------------------------------
+
+# Bump when anything below changes the bytes of a built SDXL file (kept apart from BUILDER_VERSION so that a
+# change to one family never rebuilds the other's files).
+SDXL_BUILDER_VERSION = 1
+
+#: Segmind Vega's transformer depths (``comfy/supported_models.py`` Segmind_Vega), every level 320 wide; the middle
+#: block has the last level's depth, as in SDXL (and as diffusers' UNet2DConditionModel builds it).
+SDXL_UNET = dict(num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1], transformer_depth=[0, 0, 1, 1, 2, 2],
+                 transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], transformer_depth_middle=2)
+
+#: ComfyUI's TAESDXL latent scale (``VAELoader.load_taesd``): the SDXL latent format's scale factor.
+TAESDXL_SCALE = 0.13025
+
+SDXL_FILE_NAMES = {
+    "checkpoint": "anydressing-tiny-sdxl.safetensors",
+    "controlnet": "anydressing-tiny-sdxl-controlnet.safetensors",
+    "lora": "anydressing-tiny-sdxl-lora.safetensors",
+}
+
+
+def sdxl_unet_config() -> dict:
+    """The ``UNetModel`` keyword arguments of the tiny SDXL-family UNet (linear transformers, ADM input 2816,
+    64-channel heads like SDXL)."""
+    return dict(
+        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_heads=-1, num_head_channels=64,
+        context_dim=2048, use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False,
+        adm_in_channels=2816, num_classes="sequential", use_temporal_attention=False, use_temporal_resblock=False,
+        **SDXL_UNET,
+    )
+
+
+def _sdxl_clip_sd(seed: int) -> dict:
+    """CLIP-L (fp16) and CLIP-G (fp8) in the key layout of a real SDXL checkpoint
+    (``conditioner.embedders.0.transformer.*`` and open_clip ``conditioner.embedders.1.model.*``), converted by
+    ComfyUI's own SDXL saver so the loader's inverse map applies unchanged."""
+    import comfy.sdxl_clip
+    import comfy.supported_models
+
+    shapes = _meta_state_dict(lambda: comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16))
+    clip_l = _fill({k: v for k, v in shapes.items() if k.startswith("clip_l.")}, seed)
+    clip_g = _fill({k: v for k, v in shapes.items() if k.startswith("clip_g.")}, seed + 5, dtype=torch.float8_e4m3fn)
+    saver = comfy.supported_models.SDXL(sdxl_unet_config())
+    sd = saver.process_clip_state_dict_for_saving({**clip_l, **clip_g})
+    sd.pop("conditioner.embedders.0.transformer.text_model.embeddings.position_ids", None)  # an int64 arange
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def build_tiny_sdxl(path, seed: int = 0) -> Path:
+    """Write a tiny random SDXL-family checkpoint (~1.2 GB) that ``CheckpointLoaderSimple`` loads as SDXL.
+
+    Keys: ``model.diffusion_model.*`` (tiny UNet: ``x [B, 4, H/8, W/8]``, ``context [B, 77, 2048]``,
+    ``y [B, 2816]``), ``conditioner.embedders.{0,1}.*`` (CLIP-L, CLIP-G; pooled output [B, 1280]),
+    ``first_stage_model.taesd_{encoder,decoder}.*`` (TAESD with TAESDXL's latent scale).
+    """
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    cfg = sdxl_unet_config()
+    unet = _fill(_meta_state_dict(lambda: UNetModel(**cfg, operations=comfy.ops.disable_weight_init)), seed)
+    vae = _taesd_sd(seed + 2)
+    vae["vae_scale"] = torch.tensor(TAESDXL_SCALE, dtype=vae["vae_scale"].dtype)
+    sd = {}
+    sd.update(_prefixed(unet, "model.diffusion_model."))
+    sd.update(_sdxl_clip_sd(seed + 1))
+    sd.update(_prefixed(vae, "first_stage_model."))
+    log.info("writing tiny SDXL checkpoint (seed %d) to %s", seed, path)
+    return _save(sd, path, _sdxl_meta("sdxl", seed))
+
+
+def build_tiny_sdxl_controlnet(path, seed: int = 0) -> Path:
+    """Write a tiny random LDM-format SDXL ControlNet (hint: RGB image [B, 3, H, W]) matching ``build_tiny_sdxl``."""
+    sd = _controlnet_sd(sdxl_unet_config(), seed)
+    log.info("writing tiny SDXL ControlNet (seed %d) to %s", seed, path)
+    return _save(sd, path, _sdxl_meta("sdxl-controlnet", seed))
+
+
+def build_tiny_sdxl_lora(path, seed: int = 0, rank: int = 4) -> Path:
+    """Write kohya-format LoRA pairs on every attn1/attn2 q/k/v/out projection of the tiny SDXL UNet."""
+    sd = _lora_sd(_attention_targets(sdxl_unet_config()), seed, rank)
+    log.info("writing tiny SDXL LoRA (rank %d, %d layers) to %s", rank, len(sd) // 3, path)
+    return _save(sd, path, _sdxl_meta("sdxl-lora", seed, rank=rank))
+
+
+def _sdxl_meta(kind: str, seed: int, **extra) -> dict:
+    return {**_meta(kind, "sdxl-vega320", seed, **extra), "anydressing.builder_version": SDXL_BUILDER_VERSION}
+
+
+def ensure_tiny_sdxl_models(folder, seed: int = 0) -> dict:
+    """Build the tiny SDXL checkpoint, ControlNet and LoRA once under ``folder/sdxl-v<SDXL_BUILDER_VERSION>-s<seed>/``
+    (about 1.3 GB, ~30 s) and return ``{"checkpoint": Path, "controlnet": Path, "lora": Path, "folder": Path}``."""
+    import fcntl
+
+    root = Path(folder).expanduser() / f"sdxl-v{SDXL_BUILDER_VERSION}-s{seed}"
+    paths = {kind: root / name for kind, name in SDXL_FILE_NAMES.items()}
+    stamp = root / "built.json"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file() and all(p.is_file() for p in paths.values()):
+            log.debug("reusing tiny SDXL models in %s", root)
+            return {**paths, "folder": root}
+        build_tiny_sdxl(paths["checkpoint"], seed=seed)
+        build_tiny_sdxl_controlnet(paths["controlnet"], seed=seed)
+        build_tiny_sdxl_lora(paths["lora"], seed=seed)
+        stamp.write_text(json.dumps({"builder_version": SDXL_BUILDER_VERSION, "family": "sdxl", "seed": seed,
+                                     "files": {k: p.name for k, p in paths.items()}}, indent=1))
+    return {**paths, "folder": root}
+
+
 def main(argv=None) -> int:
-    """``python nodes/tiny_models.py OUT_FOLDER [--comfyui PATH]``: build (or reuse) the tiny models and print
-    their paths as JSON. Used by the headless runner's demo, which itself never imports ComfyUI."""
+    """``python -m devtools.tiny_models OUT_FOLDER [--comfyui PATH]`` (from the repo root): build (or reuse) the
+    tiny models and print their paths as JSON. Used by the headless runner's demo, which never imports ComfyUI."""
     import argparse
-    import sys
+
+    from .comfy_host import prepare
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder")
-    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(Path.home() / "ComfyUI")))
+    parser.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_PATH, else ~/ComfyUI)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="recommended", choices=sorted(PRESETS))
+    parser.add_argument("--family", default="sd15", choices=["sd15", "sdxl"],
+                        help="sdxl: the tiny SDXL-family files (about 1.3 GB; --preset does not apply)")
     ns = parser.parse_args(argv)
-    host = Path(ns.comfyui).expanduser()
-    if not (host / "comfy").is_dir():
+    host = Path(ns.comfyui).expanduser() if ns.comfyui else None
+    if host is not None and not (host / "comfy").is_dir():
         parser.error(f"no ComfyUI at {host} (expected a folder with comfy/ and main.py): pass --comfyui")
-    sys.path.insert(0, str(host))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-
-    args.cpu = True  # before comfy.model_management is imported (HOST.md)
+    prepare(host)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = ensure_tiny_models(ns.folder, seed=ns.seed, preset=ns.preset)
+    if ns.family == "sdxl":
+        paths = ensure_tiny_sdxl_models(ns.folder, seed=ns.seed)
+    else:
+        paths = ensure_tiny_models(ns.folder, seed=ns.seed, preset=ns.preset)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 
