@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anydressing_core.attention import dressing_attention, sdpa_attention
+from anydressing_core.budget import pool_factor, pool_tokens
 from anydressing_core.features import BlockKey
 
 DA_KEYS: List[BlockKey] = [("input", 1, 0), ("middle", 0, 0), ("output", 1, 0)]
@@ -189,3 +190,16 @@ def encode_garments(garments_net: TinyUNet, garments: torch.Tensor, slot_ids: Op
     t = torch.zeros(z.shape[0], device=z.device)
     garments_net(z, t, torch.zeros_like(z), ctx)
     return {key: f.reshape(b, n * f.shape[1], f.shape[2]) for key, f in ctx.features.items()}
+
+
+def pool_features(feats: Dict[BlockKey, torch.Tensor], count: int, budget: int) -> Dict[BlockKey, torch.Tensor]:
+    """``{key: F_all [B, N*L, C]}`` with each garment's square ``L``-token grid pooled by the product's
+    budget rule (``anydressing_core.budget``: ``budget`` garment tokens per layer, all ``count`` garments)."""
+    out = {}
+    for key, f in feats.items():
+        b, s, c = f.shape
+        length = s // count
+        side = math.isqrt(length)
+        p = pool_factor(side, side, count, budget)
+        out[key] = pool_tokens(f.reshape(b * count, length, c), (side, side), p).reshape(b, -1, c)
+    return out

@@ -35,6 +35,23 @@ def settings_table(result: Mapping[str, object]) -> str:
     return "\n".join(lines)
 
 
+def rows_table(results: Mapping[str, Mapping[str, object]]) -> str:
+    """``{row: {metric: seed_summary}}`` as a table (the side benchmarks' rows: regions, pooling)."""
+    lines = ["| row | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(r.get(m, {}), f) for m, _, f in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(paired: Mapping[str, Mapping[str, object]]) -> str:
+    """``{"a - b": {metric: stats.paired}}``: the difference [95% CI] of every metric."""
+    lines = ["| after - before | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, r in paired.items():
+        cells = [stats.fmt_ci(r.get(m, {}), 3 if m in ("confused", "loc_iou") else 2) for m, _, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def slot_table(result: Mapping[str, object], metrics=("confused", "loc_iou")) -> str:
     """Per-slot means (over seeds) of ``metrics``."""
     slots = ("upper", "lower", "hat")

@@ -20,27 +20,16 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from . import report, scores, stats
+from . import regions, report, scores, stats
 from .settings import BY_NAME, COMPARISONS, SETTINGS, WORLDS, Setting, select
-from .train import SLOTS, TEXTURED, VAL_OFFSET, Config, check_config, make_data, sample, take, train_base, train_setting
+from .train import QUICK, SLOTS, TEXTURED, VAL_OFFSET, Config, check_config, config, make_data, sample, take, \
+    train_base, train_setting
 from .model import TinyUNet
 
 log = logging.getLogger(__name__)
 
-QUICK = dict(size=16, patch=2, channels=8, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, sample_steps=2,
-             seeds=(0, 1, 2))
 #: the data every task reads (in a worker, set once by ``_init_worker``)
 _SHARED: Dict[str, object] = {}
-
-
-def config(quick: bool = False, **overrides) -> Config:
-    """The full benchmark's config, or the seconds-long ``quick`` one, with ``overrides`` (None = keep)."""
-    base = dataclasses.asdict(Config())
-    if quick:
-        base.update(QUICK)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    base["seeds"] = tuple(base["seeds"])
-    return Config(**base)
 
 
 class LoadLog:
@@ -77,7 +66,11 @@ def _setting_task(job):
     model, curves = train_setting(base, train[setting.world], setting, cfg, seed)
     t_train = time.time() - t
     v = val[setting.world]
-    images, maps = sample(model, v, cfg, seed)
+    hook = None
+    if setting.regions:
+        hook = regions.BenchRegions(regions.spec_for(setting.regions, v, regions.keypoints(cfg.n_val, cfg), cfg.size),
+                                    (cfg.size // cfg.patch, cfg.size // cfg.patch))
+    images, maps = sample(model, v, cfg, seed, regions=hook)
     textured = np.isin(v["pattern"].numpy(), TEXTURED)
     per = scores.region_scores(images, v["person"], v["masks"], v["garments"], v["garment_masks"], textured)
     if maps is not None:
@@ -258,6 +251,8 @@ def _statistics(per: Dict[str, Dict[int, Dict[str, np.ndarray]]], settings: Sequ
         if c.claim == "condition":
             met[c.name], why = stats.condition_verdict(c.better, res)
             entry.update(verdict="met" if met[c.name] else "not met", why=why)
+        elif c.claim == "measure":
+            entry.update(verdict="measured", why="an estimate with its interval; no claim to decide")
         else:
             condition = met.get(c.requires, False) if c.requires else None  # a condition not run is not met
             entry["verdict"], entry["why"] = stats.verdict(c.better, c.delta, res, condition, c.requires or "")

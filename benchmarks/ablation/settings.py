@@ -4,10 +4,11 @@ A *world* is a set of generator options (``anydressing_core.synthetic``); a *set
 dressing the frozen DressingNet, trained (or not) in one world; a *comparison* pairs two settings
 on one score and carries the hypothesis written before the runs (docs/BENCHMARK.md).
 
-To add a row: give :class:`Setting` a field whose default keeps every existing row as it is (e.g.
-``regions: str = "none"`` for automatic regions, ``pooling: int = 1`` for garment-token pooling),
-read it in ``train.Dresser`` (training) and ``train.sample`` (inference), and append the row to
-:data:`SETTINGS`; a comparison in :data:`COMPARISONS` makes it part of a verdict.
+To add a row: give :class:`Setting` a field whose default keeps every existing row as it is (as
+``regions`` for automatic regions and ``pooling`` for garment-token pooling do), read it in
+``train.Dresser`` (training) or ``run._setting_task`` (inference), and append the row to
+:data:`SETTINGS`; a comparison in :data:`COMPARISONS` makes it part of a verdict (claim
+``measure``: reported with its interval, no verdict).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class Setting:
     ``garments``: ``none`` (the pose-only base, no garment), ``zero_shot`` (GarmentsNet = the base,
     K' = Wk, V' = Wv, nothing trained) or ``trained`` (a trainable copy of the base and Wk', Wv').
     ``gfe``: one LoRA set per slot in GarmentsNet.  ``igl``: adds ``lambda1 * L_loc``.  ``gtl``:
-    lambda2 of ``L_texture`` (0: off).
+    lambda2 of ``L_texture`` (0: off).  Inference only: ``regions`` is a region source of
+    ``regions.py`` (``pose``, ``masks``, ...; empty: none), ``pooling`` pools every garment's token
+    grid ``pooling x pooling`` in the 16x16 DA layers by the product's budget rule (1: off).
     """
 
     name: str
@@ -48,6 +51,8 @@ class Setting:
     gfe: bool = False
     igl: bool = False
     gtl: float = 0.0
+    regions: str = ""
+    pooling: int = 1
     label: str = ""
 
     @property
@@ -59,6 +64,9 @@ class Setting:
 SETTINGS: Tuple[Setting, ...] = (
     Setting("none", "shop", "none", label="pose only, no garments"),
     Setting("zero_shot", "shop", "zero_shot", label="zero-shot (nothing trained)"),
+    Setting("zero_shot_pose", "shop", "zero_shot", regions="pose", label="zero-shot, automatic regions from the pose"),
+    Setting("zero_shot_masks", "shop", "zero_shot", regions="masks", label="zero-shot, the true masks as regions"),
+    Setting("zero_shot_pool2", "shop", "zero_shot", pooling=2, label="zero-shot, garment tokens pooled 2x2"),
     Setting("base", "shop", label="reference net, no GFE"),
     Setting("gfe", "shop", gfe=True, label="+ GFE"),
     Setting("gfe_igl", "shop", gfe=True, igl=True, label="+ GFE + IGL"),
@@ -125,6 +133,18 @@ COMPARISONS: Tuple[Comparison, ...] = (
                requires="texture gets through", primary=False),
     # the reference ability the base learned, alone
     Comparison("training vs zero-shot", "chain", "base", "zero_shot", "colour_err", -1, 2.0, primary=False),
+    # the pack's own zero-shot additions: automatic regions (docs/REGIONS.md), the garment-token budget
+    Comparison("regions (pose): localisation", "regions", "zero_shot_pose", "zero_shot", "loc_iou", 1, 0.02),
+    Comparison("regions (pose): confusion", "regions", "zero_shot_pose", "zero_shot", "confused", -1, 0.03,
+               primary=False),
+    Comparison("regions (pose) vs true masks: localisation", "measure", "zero_shot_pose", "zero_shot_masks",
+               "loc_iou", 1, 0.0, primary=False),
+    Comparison("pooling 2x2: colour", "measure", "zero_shot_pool2", "zero_shot", "colour_err", -1, 0.0,
+               primary=False),
+    Comparison("pooling 2x2: texture", "measure", "zero_shot_pool2", "zero_shot", "edge_err_tex", -1, 0.0,
+               primary=False),
+    Comparison("pooling 2x2: localisation", "measure", "zero_shot_pool2", "zero_shot", "loc_iou", 1, 0.0,
+               primary=False),
 )
 
 

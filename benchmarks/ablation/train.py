@@ -10,6 +10,7 @@ weights, LoRA initialisation, batches, noise); the data stay the same.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from anydressing_core import losses
 from anydressing_core.gfe import DAProjections, GFELoRA
 from anydressing_core.synthetic import PATTERNS, in_shop_picture, pose_image, render_sample
-from .model import DA_KEYS, Ctx, TinyUNet, encode_garments, to_image, to_latent
+from .model import DA_KEYS, Ctx, TinyUNet, encode_garments, pool_features, to_image, to_latent
 from .settings import WORLDS, Setting
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,20 @@ class Config:
     data_seed: int = 0
     vgg16: Optional[str] = None
     device: str = "cpu"       # noise and batches are drawn on the CPU, so a GPU run sees the same ones
+
+
+QUICK = dict(size=16, patch=2, channels=8, n_train=16, n_val=4, base_steps=2, steps=2, batch=2, sample_steps=2,
+             seeds=(0, 1, 2))
+
+
+def config(quick: bool = False, **overrides) -> Config:
+    """The full benchmark's config, or the seconds-long ``quick`` one, with ``overrides`` (None = keep)."""
+    base = dataclasses.asdict(Config())
+    if quick:
+        base.update(QUICK)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["seeds"] = tuple(base["seeds"])
+    return Config(**base)
 
 
 def _render(job) -> Dict[str, np.ndarray]:
@@ -242,7 +257,11 @@ class Dresser:
     def features(self, garments: torch.Tensor):
         """``garments [B, N, 3, S, S]`` -> ``{key: F_all [B, N*L, C]}`` (the slots are SLOTS in order)."""
         ids = self.lora.slot_ids(list(SLOTS) * garments.shape[0], garments.device) if self.lora is not None else None
-        return encode_garments(self.gnet, garments, ids, self.lora, self.cfg.patch)
+        feats = encode_garments(self.gnet, garments, ids, self.lora, self.cfg.patch)
+        if self.setting.pooling > 1:  # a budget that pools the top (16x16 at 64 px) layers exactly this much
+            top = (self.cfg.size // self.cfg.patch) ** 2
+            feats = pool_features(feats, garments.shape[1], garments.shape[1] * top // self.setting.pooling ** 2)
+        return feats
 
     def ctx(self, feats, count: int, want_maps: bool) -> Ctx:
         return Ctx(mode="dress", garments=feats, count=count, proj=self.proj, strength=self.cfg.strength,
