@@ -5,7 +5,7 @@ All functions take images in [-1, 1] ``[n, 3, S, S]`` and masks ``[n, N, S, S]``
 * localization IoU [choice]: each garment pixel (inside the union of the masks) goes to the
   garment with the largest attention map ``A_k``; IoU of that assignment with ``M_k``, averaged over
   garments and samples.  The union is used because DA maps sum to 1 over garments everywhere, so
-  background pixels cannot be "unassigned" (METHOD.md, IGL).
+  background pixels cannot be "unassigned" (the IGL softmax over garments).
 * confusion [choice]: the colour histogram (4 bins per channel) of the generated region ``M_k``
   (eroded by one pixel when enough is left, so blended outline pixels do not decide) is compared (L1) with each of the sample's in-shop garments; the region is confused when its
   nearest garment is not garment k.  Chance with three garments is about 2/3.

@@ -204,7 +204,7 @@ def train_base(view, cfg: Config, seed: int) -> TinyUNet:
 
     [choice] On a ``cfg.base_reference`` share of steps its self-attention also sees the tokens of a
     mirrored copy of the target (the net itself encodes it at t=0, its own Wk/Wv project it: the
-    zero-shot DA of METHOD.md with N = 1).  SD1.5 learned to copy appearance through
+    zero-shot DA with one garment).  SD1.5 learned to copy appearance through
     self-attention from web-scale data; a tiny net trained for minutes has not, and without it
     its frozen layers could not use garment tokens at this budget (measured: confusion stayed at
     chance after 450 DA steps).  Every setting of a seed shares this base, so the ablation stays fair.

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Run ON the device machine: the ablation (docs/BENCHMARK.md) at a larger size and budget than the CPU run:
+# Run ON the GPU machine: the ablation (docs/BENCHMARK.md) at a larger size and budget than the CPU run:
 # 128x128 images (32x32 tokens), 3 seeds, 4,000 training samples, 2,000 steps per setting, batch 16, 8 worker
 # processes sharing the GPU. --time-limit (LIMIT, default 400 s) measures the step time first and scales the steps
-# down if they would not fit, so the call ends well inside the device tool's 10 minutes. The device image has
-# everything it needs (torch, numpy, opencv, safetensors): nothing is carried. Call the device tool with
-#   run(command="bash benchmarks/gpu/ablation.sh", timeout_s=560)
+# down if they would not fit, so the job ends well inside 10 minutes. It needs only torch, numpy, opencv and
+# safetensors (no ComfyUI): on the GPU machine, from the repo root,
+#   bash benchmarks/gpu/ablation.sh
 # Extra arguments replace the defaults. A CPU smoke run of this script:
 #   DEVICE=cpu PYTHON=.venv/bin/python bash benchmarks/gpu/ablation.sh --quick --jobs 2 --time-limit 300
 set -uo pipefail
