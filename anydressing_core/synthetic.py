@@ -1,12 +1,25 @@
 """Procedural multi-garment dressing data: a mannequin wearing up to three garments.
 
-Every sample is a pure function of ``(seed, index, size)``: a person image, each garment's in-shop
-image on a plain background, the garment's mask on the person image and on its own image, a caption
-and COCO-17 keypoints.  Garments (upper, lower, hat) come from a family of shapes, colours and
-patterns (plain, stripes, checks, dots, a small printed mark), all distinct within one sample, so a
-metric can tell which garment a region copied.  Written in the JSONL manifest of docs/DESIGN.md::
+Every sample is a pure function of ``(seed, index, size)`` and the options: a person image, each
+garment's in-shop image on a plain background, the garment's mask on the person image and on its own
+image, a caption and COCO-17 keypoints.  Garments (upper, lower, hat) come from a family of shapes,
+colours and patterns (plain, stripes, checks, dots, a small printed mark), all distinct within one
+sample, so a metric can tell which garment a region copied.  Written in the JSONL manifest of
+docs/DESIGN.md::
 
     python -m anydressing_core.synthetic --out DIR --count N --size S [--seed 0] [--val 0.1]
+        [--swatch] [--pattern-scale 1.0]
+
+Options (docs/BENCHMARK.md says which claim each one is for):
+
+* ``swatch``: the in-shop picture is a square swatch of the garment's fabric, the same frame for
+  every kind, so the picture alone does not tell which slot a garment fills.
+* ``pattern_scale``: multiplies the pattern period (stripes, checks, dots, prints), e.g. 2 for
+  textures a 64-pixel image can hold.
+
+With random garments (``slots=None``, what the dataset writer uses) a garment that would cover
+less than ``MIN_GARMENT_FRACTION`` of the person image (a hat at 16-24 pixels) is not drawn: the
+trainer refuses such garments, so the data and its pre-flight check agree at every size.
 
 [choice] Everything is drawn at 4x the size and area-downsampled, so edges and stripes are
 anti-aliased like photographs; masks are the downsampled coverage thresholded at 0.5.
@@ -50,6 +63,10 @@ LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16)
 SUPER = 4  # supersampling factor
 XS = 1.4  # [choice] horizontal stretch of the mannequin so garments fill a square canvas
 MIN_COUNT, MAX_COUNT = 100, 100_000
+#: the trainer's default ``data.min_crop_fraction``: a garment covering less of the person image is refused
+MIN_GARMENT_FRACTION = 0.01
+HEAD_R = 0.075  # [choice] a doll-like head, so a hat covers over 1% of the picture at every scale
+PERIODS = (0.06, 0.08)  # pattern period, fraction of the canvas height; the same for every slot
 
 
 @dataclass
@@ -107,7 +124,7 @@ def _skeleton(rng: Optional[np.random.Generator]) -> Dict[str, object]:
     arm = np.radians(j(12, 40)), np.radians(j(12, 40))
     fore = np.radians(j(-10, 20)), np.radians(j(-10, 20))
     spread = j(0.0, 0.05)
-    g = {"head": (x(0.0), y(0.09)), "head_r": 0.065 * s, "neck": (x(0.0), y(0.17)),
+    g = {"head": (x(0.0), y(0.095)), "head_r": HEAD_R * s, "neck": (x(0.0), y(0.17)),
          "shoulders": ((x(0.105), y(0.21)), (x(-0.105), y(0.21))),
          "hips": ((x(0.075), y(0.50)), (x(-0.075), y(0.50))), "limb_w": 0.065 * s, "leg_w": 0.085 * s}
     elbows, wrists = [], []
@@ -185,18 +202,19 @@ def _shape_mask(slot: str, shape: str, g, n: int) -> Tuple[np.ndarray, Tuple[flo
             anchor = (g["hips"][0][0], (lhy + g["knees"][0][1]) / 2 - 0.02)
     elif slot == "hat":
         (hx, hy), r = g["head"], g["head_r"]
+        brim = 0.35 * r
         if shape == "cap":
-            cv2.ellipse(m, _px((hx, hy - 0.25 * r), n), (int(r * 1.05 * n), int(r * 0.95 * n)), 0, 180, 360, 255, -1)
-            _line(m, (hx - 1.0 * r, hy - 0.25 * r), (hx + 1.7 * r, hy - 0.25 * r), 0.22 * r, n)
-            anchor = (hx, hy - 0.7 * r)
-        elif shape == "beanie":
-            cv2.ellipse(m, _px((hx, hy - 0.1 * r), n), (int(r * 1.1 * n), int(r * 1.25 * n)), 0, 180, 360, 255, -1)
+            cv2.ellipse(m, _px((hx, hy - 0.1 * r), n), (int(r * 1.25 * n), int(r * 1.2 * n)), 0, 180, 360, 255, -1)
+            _line(m, (hx - 1.2 * r, hy - 0.1 * r), (hx + 2.0 * r, hy - 0.1 * r), brim, n)
             anchor = (hx, hy - 0.65 * r)
+        elif shape == "beanie":
+            cv2.ellipse(m, _px((hx, hy + 0.05 * r), n), (int(r * 1.25 * n), int(r * 1.45 * n)), 0, 180, 360, 255, -1)
+            anchor = (hx, hy - 0.7 * r)
         else:
-            box = [(hx - 0.75 * r, hy - 1.9 * r), (hx + 0.75 * r, hy - 0.6 * r)]
+            box = [(hx - 0.85 * r, hy - 1.6 * r), (hx + 0.85 * r, hy - 0.45 * r)]
             cv2.rectangle(m, _px(box[0], n), _px(box[1], n), 255, -1)
-            _line(m, (hx - 1.3 * r, hy - 0.6 * r), (hx + 1.3 * r, hy - 0.6 * r), 0.25 * r, n)
-            anchor = (hx, hy - 1.25 * r)
+            _line(m, (hx - 1.5 * r, hy - 0.45 * r), (hx + 1.5 * r, hy - 0.45 * r), brim, n)
+            anchor = (hx, hy - 1.0 * r)
     else:
         raise ValueError(f"unknown synthetic slot {slot!r}; use one of {SLOTS}")
     return m, anchor
@@ -238,7 +256,7 @@ def _down(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _specs(rng, slots: Sequence[str]) -> List[GarmentSpec]:
+def _specs(rng, slots: Sequence[str], pattern_scale: float = 1.0) -> List[GarmentSpec]:
     names = list(PALETTE)
     colours = rng.choice(len(names), size=len(slots), replace=False)
     used = {names[i] for i in colours}
@@ -247,7 +265,7 @@ def _specs(rng, slots: Sequence[str]) -> List[GarmentSpec]:
         pattern = PATTERNS[rng.integers(len(PATTERNS))]
         accents = [c for c in names if c not in used]
         accent = accents[rng.integers(len(accents))]
-        period = float(rng.choice([0.06, 0.08])) if slot != "hat" else 0.045
+        period = float(rng.choice(PERIODS)) * pattern_scale
         specs.append(GarmentSpec(slot, SHAPES[slot][rng.integers(3)], names[ci], pattern, accent, period,
                                  bool(rng.integers(2)), MARKS[rng.integers(len(MARKS))]))
     return specs
@@ -266,47 +284,72 @@ def _caption(specs: Sequence[GarmentSpec]) -> str:
     return f"a mannequin wearing {'an' if body[0] in 'aeiou' else 'a'} {body}"
 
 
-def _in_shop(spec: GarmentSpec, size: int, n: int, rgb_bg) -> Tuple[np.ndarray, np.ndarray]:
-    """The garment alone, centred with a 10% margin on a plain background: image, foreground mask."""
+def _in_shop(spec: GarmentSpec, size: int, n: int, rgb_bg, swatch: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """The garment alone, centred with a 10% margin on a plain background: image, foreground mask.
+
+    ``swatch``: a square of the fabric instead, its pattern at the scale it has on the person, so
+    every kind of garment looks alike apart from its colours and pattern.
+    """
     g = _skeleton(None)
-    cover, anchor = _shape_mask(spec.slot, spec.shape, g, n)
-    tex = _texture(spec, n, anchor, g["scale"])
-    ys, xs = np.nonzero(cover)
-    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-    half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 / 0.8
-    # affine zoom: crop square around the garment, resize to the hi-res canvas
-    m = np.float32([[n / (2 * half), 0, n / 2 - cx * n / (2 * half)], [0, n / (2 * half), n / 2 - cy * n / (2 * half)]])
-    cover = cv2.warpAffine(cover, m, (n, n), flags=cv2.INTER_NEAREST)
-    tex = cv2.warpAffine(tex, m, (n, n), flags=cv2.INTER_NEAREST)
+    if swatch:
+        cover = np.zeros((n, n), np.uint8)
+        cover[n // 10:n - n // 10, n // 10:n - n // 10] = 255
+        tex = _texture(spec, n, (0.5, 0.5), g["scale"])
+    else:
+        cover, anchor = _shape_mask(spec.slot, spec.shape, g, n)
+        tex = _texture(spec, n, anchor, g["scale"])
+        ys, xs = np.nonzero(cover)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 / 0.8
+        # affine zoom: crop square around the garment, resize to the hi-res canvas
+        m = np.float32([[n / (2 * half), 0, n / 2 - cx * n / (2 * half)],
+                        [0, n / (2 * half), n / 2 - cy * n / (2 * half)]])
+        cover = cv2.warpAffine(cover, m, (n, n), flags=cv2.INTER_NEAREST)
+        tex = cv2.warpAffine(tex, m, (n, n), flags=cv2.INTER_NEAREST)
     img = np.empty((n, n, 3), np.uint8)
     img[:] = rgb_bg
     img[cover > 0] = tex[cover > 0]
     return _down(img, size), _down(cover, size) >= 128
 
 
-def render_sample(index: int, size: int = 64, seed: int = 0, slots: Optional[Sequence[str]] = None) -> Sample:
-    """One sample, a pure function of ``(seed, index, size, slots)``.
+def render_sample(index: int, size: int = 64, seed: int = 0, slots: Optional[Sequence[str]] = None, *,
+                  swatch: bool = False, pattern_scale: float = 1.0) -> Sample:
+    """One sample, a pure function of ``(seed, index, size, slots)`` and the options.
 
-    ``slots`` fixes which garments the mannequin wears (in the order given); default: a random
-    non-empty subset of upper (90%), lower (85%), hat (40%).
+    ``slots`` fixes which garments the mannequin wears (in the order given, drawn at any size);
+    default: a random non-empty subset of upper (90%), lower (85%), hat (40%), without garments that
+    would cover less than ``MIN_GARMENT_FRACTION`` of the image (an upper one takes the place of a
+    lone hat that is too small).  ``swatch`` and ``pattern_scale``: see the module docstring; the
+    person image does not depend on ``swatch``.
     """
     if size < 16 or size > 1024:
         raise ValueError(f"synthetic size {size} is out of range; use 16..1024 pixels")
+    if not 0.25 <= pattern_scale <= 8.0:
+        raise ValueError(f"pattern_scale {pattern_scale} is out of range; use 0.25..8")
     rng = _rng(seed, index)
     chosen = tuple(slots) if slots is not None else _pick_slots(rng)
     for s in chosen:
         if s not in SLOTS:
             raise ValueError(f"unknown synthetic slot {s!r}; use some of {SLOTS}")
-    specs = _specs(rng, chosen)
+    specs = _specs(rng, chosen, pattern_scale)
     g = _skeleton(rng)
+    look = {"bg": tuple(int(v) for v in rng.integers(190, 250, size=3)), "skin": SKIN[rng.integers(len(SKIN))]}
+    sample = _draw(index, specs, g, size, look, swatch)
+    if slots is None:
+        kept = [gar.spec for gar in sample.garments if gar.mask.mean() >= MIN_GARMENT_FRACTION]
+        if len(kept) < len(specs):
+            sample = _draw(index, kept or _specs(rng, ("upper",), pattern_scale), g, size, look, swatch)
+    return sample
+
+
+def _draw(index: int, specs: Sequence[GarmentSpec], g, size: int, look, swatch: bool) -> Sample:
+    """Render the person wearing ``specs`` on skeleton ``g`` and every garment's in-shop picture."""
     n = size * SUPER
-    bg = tuple(int(v) for v in rng.integers(190, 250, size=3))
-    skin = SKIN[rng.integers(len(SKIN))]
     img = np.empty((n, n, 3), np.uint8)
-    img[:] = bg
+    img[:] = look["bg"]
     body = np.zeros((n, n), np.uint8)
+    kp = _keypoints(g)
     for a, b in LIMBS[:8]:
-        kp = _keypoints(g)
         w = g["limb_w"] if a < 11 else g["leg_w"]
         _line(body, (kp[a][0], kp[a][1]), (kp[b][0], kp[b][1]), w, n)
     (lsx, lsy), (rsx, rsy) = g["shoulders"]
@@ -315,7 +358,7 @@ def render_sample(index: int, size: int = 64, seed: int = 0, slots: Optional[Seq
     cv2.fillPoly(body, [np.array([_px(p, n) for p in torso], np.int32)], 255)
     _line(body, g["neck"], g["head"], g["limb_w"], n)
     cv2.circle(body, _px(g["head"], n), int(g["head_r"] * n), 255, -1)
-    img[body > 0] = skin
+    img[body > 0] = look["skin"]
     draw = ("lower", "upper", "hat")  # the top is worn over the waistband; the hat last
     order = sorted(range(len(specs)), key=lambda i: draw.index(specs[i].slot))
     covers = {}
@@ -336,9 +379,15 @@ def render_sample(index: int, size: int = 64, seed: int = 0, slots: Optional[Seq
     visible = {i: (best == i) & (stack[i] >= 0.5) for i in range(len(specs))}
     garments = []
     for i, spec in enumerate(specs):
-        shop, fg = _in_shop(spec, size, n, (255, 255, 255))
+        shop, fg = _in_shop(spec, size, n, (255, 255, 255), swatch)
         garments.append(Garment(spec, shop, fg, visible[i]))
-    return Sample(index, _down(img, size), garments, _caption(specs), _keypoints(g) * size, bg)
+    return Sample(index, _down(img, size), garments, _caption(specs), kp * size, look["bg"])
+
+
+def in_shop_picture(spec: GarmentSpec, size: int, swatch: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """A garment's in-shop picture ``[S, S, 3]`` uint8 on white and its mask ``[S, S]`` bool, as
+    :func:`render_sample` draws it (e.g. the swatch view of a sample's garments without redrawing the person)."""
+    return _in_shop(spec, size, size * SUPER, (255, 255, 255), swatch)
 
 
 def pose_image(keypoints: np.ndarray, size: int, width: float = 0.04) -> np.ndarray:
@@ -362,7 +411,8 @@ def _png(path: str, arr: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def write_dataset(out: str, count: int, size: int = 64, seed: int = 0, val_fraction: float = 0.1) -> Dict[str, int]:
+def write_dataset(out: str, count: int, size: int = 64, seed: int = 0, val_fraction: float = 0.1, *,
+                  swatch: bool = False, pattern_scale: float = 1.0) -> Dict[str, int]:
     """Write ``count`` samples under ``out``: ``train.jsonl``, ``val.jsonl`` and PNG folders.
 
     The first ``round(count * val_fraction)`` indices are the validation split, so a larger
@@ -378,7 +428,7 @@ def write_dataset(out: str, count: int, size: int = 64, seed: int = 0, val_fract
     files = {"val": open(os.path.join(out, "val.jsonl"), "w"), "train": open(os.path.join(out, "train.jsonl"), "w")}
     try:
         for i in range(count):
-            s = render_sample(i, size, seed)
+            s = render_sample(i, size, seed, swatch=swatch, pattern_scale=pattern_scale)
             stem = f"{i:06d}"
             _png(os.path.join(out, "persons", stem + ".png"), s.person)
             rec = {"person": f"persons/{stem}.png", "caption": s.caption, "garments": [],
@@ -398,7 +448,7 @@ def write_dataset(out: str, count: int, size: int = 64, seed: int = 0, val_fract
             f.close()
     with open(os.path.join(out, "synthetic.json"), "w") as f:
         json.dump({"generator": "anydressing_core.synthetic", "count": count, "size": size, "seed": seed,
-                   "val": n_val, "train": count - n_val}, f, indent=1)
+                   "swatch": swatch, "pattern_scale": pattern_scale, "val": n_val, "train": count - n_val}, f, indent=1)
     return {"train": count - n_val, "val": n_val}
 
 
@@ -409,9 +459,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--size", type=int, default=64, help="square image side in pixels, 16..1024")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=float, default=0.1, help="validation fraction")
+    p.add_argument("--swatch", action="store_true", help="in-shop pictures are fabric swatches (slot not visible)")
+    p.add_argument("--pattern-scale", type=float, default=1.0, help="pattern period multiplier, 0.25..8")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    sizes = write_dataset(a.out, a.count, a.size, a.seed, a.val)
+    sizes = write_dataset(a.out, a.count, a.size, a.seed, a.val, swatch=a.swatch, pattern_scale=a.pattern_scale)
     print(json.dumps({"out": a.out, **sizes}))
     return 0
 

@@ -11,8 +11,8 @@ CPU time on the tiny SDXL UNet, and the fidelity cost of pooling on the syntheti
    at ``--tiny-res``: the same prediction, and the CPU time of stock KSampler runs, plain and dressed (budget
    off / the budget scaled to this resolution, so it pools the same layers as ``--budget`` does at 1024 px).
    Medians of ``--repeats`` runs; process CPU time is reported beside wall time (steadier on a shared machine).
-3. Fidelity (``benchmarks.ablation.pooling``): localization IoU, confusion, colour and edge error with pooling
-   1 vs 2 at the same training budget, paired over the same samples and noise.
+3. Fidelity (the ablation's ``zero_shot`` and ``zero_shot_pool2`` rows, ``benchmarks/ablation``): localization
+   IoU, confusion, colour and edge error with pooling 1 vs 2, paired over the same samples, noise and seeds.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 
 import torch
@@ -85,10 +86,10 @@ def tiny_timing(host, w: int, h: int, ns, steps: int, repeats: int, budget: int)
 def fidelity(mode: str):
     if mode == "off":
         return None
-    from .ablation.pooling import run_pooling
-    from .ablation.run import config
+    from .ablation.run import config, run_ablation
 
-    return run_pooling(config(quick=mode == "quick"))
+    with tempfile.TemporaryDirectory() as out:
+        return run_ablation(config(quick=mode == "quick"), out, ["zero_shot", "zero_shot_pool2"])
 
 
 def print_report(out: dict) -> None:
@@ -111,11 +112,12 @@ def print_report(out: dict) -> None:
             print(f"| {r['n']} | {r['budget'] or 'off'} | {r['predicted_ratio']:.3f} | {r['cpu_ratio']:.3f} | "
                   f"{r['wall_ratio']:.3f} | {r['top_layer_garment_tokens']} |")
     if out["fidelity"]:
-        from .ablation.pooling import format_report
+        from .ablation import report
 
-        print(f"\n## Fidelity on the synthetic benchmark (pooling 1 vs 2, budget {out['fidelity']['budget']} tokens "
-              "per layer)")
-        print(format_report(out["fidelity"]))
+        print("\n## Fidelity on the synthetic benchmark (zero-shot, garment tokens of the 16x16 layers pooled 2x2)")
+        print(report.settings_table(out["fidelity"]))
+        print()
+        print(report.comparisons_table(out["fidelity"]))
     print(json.dumps({"seconds": round(out["seconds"], 1), "load_avg": out["load_avg"]}))
 
 

@@ -1,14 +1,15 @@
 """A tiny DressingNet / GarmentsNet pair for the CPU ablation benchmark.
 
-The network works on a lossless space-to-depth "latent" [choice]: a ``[B, 3, 2h, 2w]`` image in
-[-1, 1] becomes ``[B, 12, h, w]`` by ``pixel_unshuffle(2)``, so the decoder D of GTL is the exact
-inverse ``pixel_shuffle(2)`` and no VAE has to be trained (nothing learned can hide errors).
+The network works on a lossless space-to-depth "latent" [choice]: a ``[B, 3, p*h, p*w]`` image in
+[-1, 1] becomes ``[B, 3*p*p, h, w]`` by ``pixel_unshuffle(p)`` (``p`` = patch, 2 or 4), so the
+decoder D of GTL is the exact inverse ``pixel_shuffle(p)`` and no VAE has to be trained (nothing
+learned can hide errors).
 
-UNet layout (``c`` channels, e.g. 64)::
+UNet layout (``c`` channels, e.g. 32; ``L = 3*p*p`` latent channels)::
 
-    conv_in(12 + 12 pose) -> Res -> DA block ("input", 1, 0)      at h x w
+    conv_in(L + L pose) -> Res -> DA block ("input", 1, 0)        at h x w
     down -> Res -> DA block ("middle", 0, 0) -> Res                at h/2 x w/2
-    up, concat skip -> Res -> DA block ("output", 1, 0)           at h x w -> conv_out(12)
+    up, concat skip -> Res -> DA block ("output", 1, 0)           at h x w -> conv_out(L)
 
 Each DA block is ``x + attn1(LN(x)); x + FF(LN(x))`` like SD's transformer block without attn2
 (no text: the benchmark's garments carry all appearance information [choice]).  The pose map
@@ -31,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anydressing_core.attention import dressing_attention, sdpa_attention
+from anydressing_core.budget import pool_factor, pool_tokens
 from anydressing_core.features import BlockKey
 
 DA_KEYS: List[BlockKey] = [("input", 1, 0), ("middle", 0, 0), ("output", 1, 0)]
@@ -42,7 +44,8 @@ class Ctx:
 
     mode ``plain``: self-attention.  ``record``: GarmentsNet pass; stores F (the normed input of
     attn1, ``[B*N, L, C]``) per key in ``features`` and applies ``lora`` with ``slot_ids [B*N]``.
-    ``dress``: DressingNet pass with ``garments[key] = F_all [B, N*L, C]`` of ``count`` = N garments, K'/V' from ``proj``; with ``want_maps`` the maps ``A [B, T, N]`` land in ``maps``.
+    ``dress``: DressingNet pass with ``garments[key] = F_all [B, N*L, C]`` of ``count`` = N garments,
+    K'/V' from ``proj``; with ``want_maps`` the maps ``A [B, T, N]`` land in ``maps``.
     """
 
     mode: str = "plain"
@@ -126,9 +129,13 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TinyUNet(nn.Module):
-    """``forward(z [B, 12, h, w], t [B], pose [B, 12, h, w], ctx) -> eps [B, 12, h, w]``."""
+    """``forward(z [B, L, h, w], t [B], pose [B, L, h, w], ctx) -> prediction [B, L, h, w]``.
 
-    def __init__(self, c: int = 64, heads: int = 4, latent_ch: int = 12):
+    [choice] 2 heads: at 32 channels that is 16 per head; 4 heads of 8 made a training step 1.6x
+    slower on the CPU (PyTorch's attention kernels are 3x slower at head width 8 than at 16).
+    """
+
+    def __init__(self, c: int = 32, heads: int = 2, latent_ch: int = 12):
         super().__init__()
         temb = 2 * c
         self.c = c
@@ -160,26 +167,39 @@ class TinyUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def to_latent(img: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, H, W]`` -> ``[B, 12, H/2, W/2]`` (lossless)."""
-    return F.pixel_unshuffle(img, 2)
+def to_latent(img: torch.Tensor, patch: int = 2) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> ``[B, 3*patch*patch, H/patch, W/patch]`` (lossless)."""
+    return F.pixel_unshuffle(img, patch)
 
 
-def to_image(z: torch.Tensor) -> torch.Tensor:
+def to_image(z: torch.Tensor, patch: int = 2) -> torch.Tensor:
     """Inverse of :func:`to_latent` (the benchmark's decoder D)."""
-    return F.pixel_shuffle(z, 2)
+    return F.pixel_shuffle(z, patch)
 
 
 def encode_garments(garments_net: TinyUNet, garments: torch.Tensor, slot_ids: Optional[torch.Tensor] = None,
-                    lora: Optional[nn.Module] = None) -> Dict[BlockKey, torch.Tensor]:
+                    lora: Optional[nn.Module] = None, patch: int = 2) -> Dict[BlockKey, torch.Tensor]:
     """GarmentsNet at t=0 on clean garments ``[B, N, 3, H, W]`` -> ``{key: F_all [B, N*L, C]}``.
 
     All B*N garments run as one batch [paper: parallel], each attending only to itself;
     ``slot_ids [B*N]`` picks each row's GFE LoRA set.
     """
     b, n = garments.shape[:2]
-    z = to_latent(garments.flatten(0, 1))
+    z = to_latent(garments.flatten(0, 1), patch)
     ctx = Ctx(mode="record", lora=lora, slot_ids=slot_ids)
     t = torch.zeros(z.shape[0], device=z.device)
     garments_net(z, t, torch.zeros_like(z), ctx)
     return {key: f.reshape(b, n * f.shape[1], f.shape[2]) for key, f in ctx.features.items()}
+
+
+def pool_features(feats: Dict[BlockKey, torch.Tensor], count: int, budget: int) -> Dict[BlockKey, torch.Tensor]:
+    """``{key: F_all [B, N*L, C]}`` with each garment's square ``L``-token grid pooled by the product's
+    budget rule (``anydressing_core.budget``: ``budget`` garment tokens per layer, all ``count`` garments)."""
+    out = {}
+    for key, f in feats.items():
+        b, s, c = f.shape
+        length = s // count
+        side = math.isqrt(length)
+        p = pool_factor(side, side, count, budget)
+        out[key] = pool_tokens(f.reshape(b * count, length, c), (side, side), p).reshape(b, -1, c)
+    return out

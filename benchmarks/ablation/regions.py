@@ -22,6 +22,7 @@ regions.png (regions of the first samples) under ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -38,9 +39,10 @@ from anydressing_core.regions.keypoints import frame_from_points
 from anydressing_core.regions.openpose_image import draw_openpose, keypoints_from_openpose
 from anydressing_core.synthetic import render_sample
 
-from . import scores
-from .run import _png, _tile, config, format_paired, format_table
-from .train import SLOTS, VAL_OFFSET, Dresser, make_data, sample, train_base
+from . import report, scores, stats
+from .report import _tile
+from .settings import BY_NAME
+from .train import SLOTS, TEXTURED, VAL_OFFSET, Dresser, config, make_data, sample, take, train_base
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,10 @@ class BenchRegions:
         return self.plan.tokens(hw, q.shape[0])
 
 
-def keypoints(count: int, size: int, seed: int) -> List[np.ndarray]:
+def keypoints(count: int, cfg) -> List[np.ndarray]:
     """COCO-17 pixel keypoints of the validation samples (the same renders as ``make_data``)."""
-    return [render_sample(VAL_OFFSET + i, size, seed, slots=SLOTS).keypoints for i in range(count)]
+    return [render_sample(VAL_OFFSET + i, cfg.size, cfg.data_seed, slots=SLOTS, pattern_scale=cfg.pattern_scale).keypoints
+            for i in range(count)]
 
 
 def pose_masks(points: List[np.ndarray], size: int, via_image: bool) -> torch.Tensor:
@@ -99,46 +102,68 @@ def spec_for(source: str, val, points, size: int, vote=None) -> RegionSpec:
     raise ValueError(f"unknown region row {source!r}; use one of {SOURCES}")
 
 
+def _summaries(per_seed, metrics) -> Dict[str, object]:
+    return {m: stats.seed_summary(per_seed, m, SLOTS) for m in metrics if m in next(iter(per_seed.values()))}
+
+
 def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
+    """The zero-shot row with each region source over ``cfg.seeds``; writes regions.json/.md/.png under ``out``."""
     os.makedirs(out, exist_ok=True)
     t_start, cpu_start = time.time(), time.process_time()
     timing: Dict[str, float] = {}
-    train = make_data(cfg.n_train, cfg.size, cfg.seed)
-    val = make_data(cfg.n_val, cfg.size, cfg.seed, offset=VAL_OFFSET)
-    points = keypoints(cfg.n_val, cfg.size, cfg.seed)
-    t = time.time()
-    base = train_base(train, cfg)
-    timing["base"] = time.time() - t
-    model = Dresser(base, "zero_shot", cfg)
-    latent_hw = (cfg.size // 2, cfg.size // 2)
-    results, pers, images, maps, used = {}, {}, {}, {}, {}
-    for s in sources:
+    setting = BY_NAME["zero_shot"]
+    train = make_data(cfg.n_train, cfg, [setting.world])[setting.world]
+    val = take(make_data(cfg.n_val, cfg, [setting.world], VAL_OFFSET)[setting.world], slice(None))
+    points = keypoints(cfg.n_val, cfg)
+    textured = np.isin(val["pattern"].numpy(), TEXTURED)
+    latent_hw = (cfg.size // cfg.patch, cfg.size // cfg.patch)
+    per: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {s: {} for s in sources}
+    images, used = {}, {}
+    for seed in cfg.seeds:
         t = time.time()
-        hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size, vote), latent_hw)
-        images[s], maps[s] = sample(model, val, cfg, "zero_shot", regions=hook)
-        timing[f"sample_{s}"] = time.time() - t
-        used[s] = None if hook is None else [hook.plan.picture((cfg.size, cfg.size), i) for i in range(PICTURE_ROWS)]
-        per = scores.region_scores(images[s], val["person"], val["masks"], val["garments"], val["garment_masks"])
-        per["loc_iou"] = scores.localization_iou(maps[s], val["masks"])
-        results[s], pers[s] = scores.summarize(per, list(SLOTS)), per
-        log.info("%s: %s", s, {k: round(v["mean"], 3) for k, v in results[s].items()})
+        model = Dresser(train_base(train, cfg, seed), setting, cfg)
+        timing[f"base_{seed}"] = time.time() - t
+        for s in sources:
+            t = time.time()
+            hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size, vote), latent_hw)
+            img, maps = sample(model, val, cfg, seed, regions=hook)
+            timing[f"sample_{s}_{seed}"] = time.time() - t
+            scored = scores.region_scores(img, val["person"], val["masks"], val["garments"], val["garment_masks"],
+                                          textured)
+            scored["loc_iou"] = scores.localization_iou(maps, val["masks"])
+            per[s][seed] = scored
+            if seed == cfg.seeds[0]:
+                images[s] = img
+                used[s] = None if hook is None else [hook.plan.picture((cfg.size, cfg.size), i)
+                                                     for i in range(min(PICTURE_ROWS, cfg.n_val))]
+            log.info("seed %d %s: %s", seed, s, {k: round(float(np.nanmean(v)), 3) for k, v in scored.items()})
+    results = {s: _summaries(per[s], report.METRICS) for s in sources}
     paired = {}
     for ref in ("zero_shot", "masks"):
         for s in sources:
-            if s != ref and ref in pers and not (ref == "masks" and s == "zero_shot"):
-                paired[f"{s} - {ref}"] = scores.paired(pers[s], pers[ref])
+            if s != ref and ref in per and not (ref == "masks" and s == "zero_shot"):
+                paired[f"{s} - {ref}"] = {m: stats.paired(per[s], per[ref], m) for m in report.METRICS}
     timing["total"] = time.time() - t_start
     timing["total_cpu"] = time.process_time() - cpu_start
-    report = {"config": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else
-              {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "results": results, "paired": paired,
-              "vote": dict(vote or {}), "gap_closed": gap_closed(results), "timing_s": timing, "threads": torch.get_num_threads(),
+    result = {"config": dataclasses.asdict(cfg), "results": results, "paired": paired, "vote": dict(vote or {}),
+              "gap_closed": gap_closed(results), "timing_s": timing, "threads": torch.get_num_threads(),
               "load_avg": list(os.getloadavg())}
     with open(os.path.join(out, "regions.json"), "w") as f:
-        json.dump(report, f, indent=1)
+        json.dump(result, f, indent=1)
     with open(os.path.join(out, "regions.md"), "w") as f:
-        f.write(format_table(results) + "\n\n" + format_paired(paired) + "\n")
-    _png(os.path.join(out, "regions.png"), picture(val, images, used, list(sources)))  # columns: docs/REGIONS.md
-    return report
+        f.write(markdown(result) + "\n")
+    report.write_png(os.path.join(out, "regions.png"), picture(val, images, used, list(sources)))  # columns: docs/REGIONS.md
+    return result
+
+
+def markdown(result) -> str:
+    cfg, t = result["config"], result["timing_s"]
+    head = (f"{cfg['size']}x{cfg['size']} px, seeds {list(cfg['seeds'])}, {cfg['n_val']} held-out samples, base "
+            f"{cfg['base_steps']} steps; wall {t['total'] / 60:.1f} min, CPU {t['total_cpu'] / 60:.1f} min")
+    gap = ", ".join(f"{k} {v:.2f}" for k, v in result["gap_closed"].items())
+    return "\n\n".join([head, "Rows: mean over seeds ± seed-to-seed spread.", report.rows_table(result["results"]),
+                         "Paired differences over (sample, garment, seed) [95% CI]:", report.paired_table(result["paired"]),
+                         f"Share of the loc-IoU gap (zero-shot to true masks) closed: {gap}"])
 
 
 def gap_closed(results) -> Dict[str, float]:
@@ -177,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/regions")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds of the base (default 0 1 2)")
     p.add_argument("--n-val", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vote", nargs="*", default=[], metavar="KEY=VALUE",
@@ -185,18 +210,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
-    cfg = config(a.quick, seed=a.seed, n_val=a.n_val)
+    cfg = config(a.quick, seeds=a.seeds, n_val=a.n_val)
     vote = {}
     for item in a.vote:
         key, _, value = item.partition("=")
         vote[key] = int(value) if key in ("smooth", "warmup") else float(value)
-    report = run_regions(cfg, a.out, a.sources, vote)
-    print(format_table(report["results"]))
-    print()
-    print(format_paired(report["paired"]))
-    print(json.dumps({"gap_closed": {k: round(v, 3) for k, v in report["gap_closed"].items()},
-                      "timing_s": {k: round(v, 1) for k, v in report["timing_s"].items()},
-                      "load_avg": report["load_avg"], "out": a.out}))
+    result = run_regions(cfg, a.out, a.sources, vote)
+    print(markdown(result))
+    print(json.dumps({"timing_s": {k: round(v, 1) for k, v in result["timing_s"].items()},
+                      "load_avg": result["load_avg"], "out": a.out}))
     return 0
 
 

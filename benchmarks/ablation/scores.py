@@ -5,7 +5,7 @@ All functions take images in [-1, 1] ``[n, 3, S, S]`` and masks ``[n, N, S, S]``
 * localization IoU [choice]: each garment pixel (inside the union of the masks) goes to the
   garment with the largest attention map ``A_k``; IoU of that assignment with ``M_k``, averaged over
   garments and samples.  The union is used because DA maps sum to 1 over garments everywhere, so
-  background pixels cannot be "unassigned" (METHOD.md, IGL).
+  background pixels cannot be "unassigned" (the IGL softmax over garments).
 * confusion [choice]: the colour histogram (4 bins per channel) of the generated region ``M_k``
   (eroded by one pixel when enough is left, so blended outline pixels do not decide) is compared (L1) with each of the sample's in-shop garments; the region is confused when its
   nearest garment is not garment k.  Chance with three garments is about 2/3.
@@ -14,13 +14,15 @@ All functions take images in [-1, 1] ``[n, 3, S, S]`` and masks ``[n, N, S, S]``
   ``(mean |dx|, mean |dy|)`` of the generated and true region, taken over pixel pairs inside the
   region, so the garment's outline does not count; phase-free, so a stripe that is shifted but
   of the right period and direction is not penalised.
+* edge error on texture (``edge_err_tex``): the edge error of striped and checked garments only
+  (NaN for the others), where texture energy is the garment's whole look.
 * pixel error: mean absolute error (0..255) inside the region, aligned (strict).
-Regions with fewer than ``MIN_PIXELS`` pixels are skipped (tiny hats at 32 px).
+Regions with fewer than ``MIN_PIXELS`` pixels are skipped.  Statistics over seeds: ``stats.py``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import cv2
 import numpy as np
@@ -65,10 +67,11 @@ def localization_iou(maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
 
 
 def region_scores(gen: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, garments: torch.Tensor,
-                  garment_masks: torch.Tensor) -> Dict[str, np.ndarray]:
+                  garment_masks: torch.Tensor, textured: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Per sample and garment ``[n, N]``: confused (0/1), colour_err, edge_err, pixel_err (NaN = skipped).
 
-    ``garments [n, N, 3, S, S]`` are the in-shop images, ``garment_masks [n, N, S, S]`` their foregrounds.
+    ``garments [n, N, 3, S, S]`` are the in-shop images, ``garment_masks [n, N, S, S]`` their
+    foregrounds; ``textured [n, N]`` bool (striped or checked garments) adds ``edge_err_tex``.
     """
     g, t = _u8(gen), _u8(target)
     shop = _u8(garments.flatten(0, 1)).reshape(garments.shape[0], garments.shape[1], *g.shape[1:])
@@ -89,35 +92,6 @@ def region_scores(gen: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, 
             out["colour_err"][i, k] = np.linalg.norm(g[i][r].mean(0) - t[i][r].mean(0))
             out["edge_err"][i, k] = np.abs(_energy(gray(g[i]), r) - _energy(gray(t[i]), r)).sum()
             out["pixel_err"][i, k] = np.abs(g[i][r] - t[i][r]).mean()
+    if textured is not None:
+        out["edge_err_tex"] = np.where(np.asarray(textured, bool), out["edge_err"], np.nan)
     return out
-
-
-def summarize(per: Dict[str, np.ndarray], slots: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
-    """Mean and standard error over valid entries, overall and per slot."""
-    res = {}
-    for key, a in per.items():
-        v = a[~np.isnan(a)]
-        entry = {"mean": float(v.mean()) if v.size else float("nan"),
-                 "sem": float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan"), "n": int(v.size)}
-        if slots:
-            for k, s in enumerate(slots):
-                col = a[:, k][~np.isnan(a[:, k])]
-                entry[s] = float(col.mean()) if col.size else float("nan")
-        res[key] = entry
-    return res
-
-
-def paired(after: Dict[str, np.ndarray], before: Dict[str, np.ndarray]) -> Dict[str, Dict[str, float]]:
-    """Per-score paired difference ``after - before`` over entries valid in both: mean, sem, n.
-
-    The settings share samples and sampling noise, so pairing removes the sample-to-sample spread.
-    """
-    res = {}
-    for key in after:
-        if key not in before:
-            continue
-        d = after[key] - before[key]
-        d = d[~np.isnan(d)]
-        res[key] = {"mean": float(d.mean()) if d.size else float("nan"),
-                    "sem": float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan"), "n": int(d.size)}
-    return res

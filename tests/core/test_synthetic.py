@@ -85,3 +85,76 @@ def test_count_out_of_range_is_a_clear_error(tmp_path, count):
 def test_cli(tmp_path, capsys):
     assert synthetic.main(["--out", str(tmp_path / "d"), "--count", "100", "--size", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["train"] == 90
+
+
+def test_swatch_hides_the_slot_and_keeps_the_person():
+    for i in range(6):
+        shop = render_sample(i, 32, seed=3, slots=SLOTS)
+        swatch = render_sample(i, 32, seed=3, slots=SLOTS, swatch=True)
+        assert np.array_equal(shop.person, swatch.person)
+        assert [g.spec for g in shop.garments] == [g.spec for g in swatch.garments]
+        frames = [g.garment_mask for g in swatch.garments]
+        assert all(np.array_equal(frames[0], f) for f in frames[1:])  # one frame for every kind
+        assert not np.array_equal(shop.garments[0].garment_mask, shop.garments[2].garment_mask)
+        picture = synthetic.in_shop_picture(shop.garments[1].spec, 32, swatch=True)
+        assert np.array_equal(picture[0], swatch.garments[1].image) and np.array_equal(picture[1], frames[1])
+    periods = {g.spec.slot: set() for g in render_sample(0, 16, seed=0, slots=SLOTS).garments}
+    for i in range(40):
+        for g in render_sample(i, 16, seed=0, slots=SLOTS).garments:
+            periods[g.spec.slot].add(g.spec.period)
+    assert periods["hat"] == periods["upper"] == periods["lower"]  # the period does not give the slot away
+
+
+def _stripe_period(img: np.ndarray) -> float:
+    """Mean run length between colour changes along the swatch's stripes, pixels."""
+    row = img[img.shape[0] // 2, img.shape[1] // 10 + 2: -img.shape[1] // 10 - 2].astype(int)
+    changes = np.nonzero(np.abs(np.diff(row, axis=0)).sum(1) > 60)[0]
+    return float(np.diff(changes).mean())
+
+
+def test_pattern_scale_scales_the_pattern():
+    index = next(i for i in range(200) if (lambda g: g.spec.pattern == "stripes" and g.spec.vertical)(
+        render_sample(i, 128, seed=0, slots=("upper",)).garments[0]))
+    one = render_sample(index, 128, seed=0, slots=("upper",), swatch=True).garments[0]
+    two = render_sample(index, 128, seed=0, slots=("upper",), swatch=True, pattern_scale=2.0).garments[0]
+    assert two.spec.period == pytest.approx(2 * one.spec.period)
+    assert _stripe_period(two.image) == pytest.approx(2 * _stripe_period(one.image), rel=0.15)
+    with pytest.raises(ValueError, match="0.25..8"):
+        render_sample(0, 32, pattern_scale=0.1)
+
+
+@pytest.mark.parametrize("size", [16, 17, 20, 24, 32, 64, 256])
+def test_random_garments_are_never_too_small_for_the_trainer(size):
+    count = 200 if size <= 64 else 12
+    for i in range(count):
+        s = render_sample(i, size, seed=0)
+        assert s.garments, "a sample always wears a garment"
+        for g in s.garments:
+            assert g.mask.mean() >= synthetic.MIN_GARMENT_FRACTION, (size, i, g.spec.slot)
+    # hats are large enough to score from 24 pixels on, even when asked for explicitly
+    if size >= 24:
+        assert min(render_sample(i, size, seed=0, slots=("hat",)).garments[0].mask.mean() for i in range(count)) \
+            >= synthetic.MIN_GARMENT_FRACTION
+
+
+def test_min_fraction_is_the_trainers_default():
+    from anydressing_core.data import DataConfig
+
+    assert synthetic.MIN_GARMENT_FRACTION == DataConfig().min_crop_fraction
+
+
+@pytest.mark.parametrize("size", [16, 20, 24, 32, 64, 128])
+def test_check_data_passes_on_generated_data(tmp_path, capsys, size):
+    """The trainer's pre-flight reads every sample the generator writes, at the sizes it accepts.
+
+    Above 128 pixels the garments' share of the image only converges (rasterisation matters less),
+    which the test above checks up to 256.
+    """
+    from anydressing_core.train.__main__ import main as train_main
+
+    write_dataset(str(tmp_path), synthetic.MIN_COUNT, size=size, seed=0)
+    small = [f"data.{k}=32" for k in ("height", "width", "garment_height", "garment_width")]
+    rc = train_main(["check-data", "--log-level", "WARNING", "dataset.kind=manifest",
+                     f"dataset.path={tmp_path / 'train.jsonl'}", *small])
+    report = json.loads(capsys.readouterr().out)
+    assert report["bad_samples"] == {} and report["samples"] == 90 and rc == 0
