@@ -54,8 +54,8 @@ POSE_IMAGE_SIDE = 512  # the OpenPose picture is drawn at a workflow's size, not
 class BenchRegions:
     """Feeds a :class:`RegionPlan` from the bench's DA layers (the role ``nodes/`` plays in ComfyUI)."""
 
-    def __init__(self, spec: RegionSpec, latent_hw):
-        self.plan = RegionPlan(spec, latent_hw)
+    def __init__(self, spec: RegionSpec, latent_hw, device="cpu"):
+        self.plan = RegionPlan(spec, latent_hw, device=device)
         self.latent_hw = latent_hw
 
     def begin_step(self, step: int) -> None:
@@ -125,7 +125,8 @@ def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
         timing[f"base_{seed}"] = time.time() - t
         for s in sources:
             t = time.time()
-            hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size, vote), latent_hw)
+            hook = None if s == "zero_shot" else BenchRegions(spec_for(s, val, points, cfg.size, vote), latent_hw,
+                                                                 cfg.device)
             img, maps = sample(model, val, cfg, seed, regions=hook)
             timing[f"sample_{s}_{seed}"] = time.time() - t
             scored = scores.region_scores(img, val["person"], val["masks"], val["garments"], val["garment_masks"],

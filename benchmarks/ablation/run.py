@@ -69,7 +69,7 @@ def _setting_task(job):
     hook = None
     if setting.regions:
         hook = regions.BenchRegions(regions.spec_for(setting.regions, v, regions.keypoints(cfg.n_val, cfg), cfg.size),
-                                    (cfg.size // cfg.patch, cfg.size // cfg.patch))
+                                    (cfg.size // cfg.patch, cfg.size // cfg.patch), cfg.device)
     images, maps = sample(model, v, cfg, seed, regions=hook)
     textured = np.isin(v["pattern"].numpy(), TEXTURED)
     per = scores.region_scores(images, v["person"], v["masks"], v["garments"], v["garment_masks"], textured)
