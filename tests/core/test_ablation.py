@@ -238,3 +238,15 @@ def test_pooling_row_pools_the_top_layers_only(cfg, views):
     for key, f in plain.items():
         ratio = 4 if key[0] != "middle" else 1
         assert pooled[key].shape[1] * ratio == f.shape[1], key
+
+
+def test_gradient_probe_reports_each_terms_pull(cfg):
+    """benchmarks.ablation.gradients: finite norms for every term and the weighted ratios the docs quote."""
+    from benchmarks.ablation.gradients import measure
+
+    out = measure(cfg, batches=1, seed=0)
+    mean = out["mean"]
+    assert all(np.isfinite(mean[k]) and mean[k] >= 0 for k in ("g_ldm", "g_loc", "g_tex")) and mean["g_ldm"] > 0
+    assert -1.0 <= mean["cos_tex"] <= 1.0 and 0.0 < out["gated_share_of_rows"] < 1.0
+    ratio = out["weighted_gradient_over_ldm"]
+    assert ratio["lambda2 1"] == pytest.approx(1000 * ratio["lambda2 0.001"])
