@@ -99,3 +99,19 @@ def make_adapter(host, unet, seed=0, include_unet=True, slots=("upper", "lower")
         for p in da.projections.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.01)
     return ckpt.export(gnet, da, include_unet=include_unet, provenance={"test": "tiny"}), gnet, da
+
+
+class CountingAttention:
+    """A stand-in for another pack's attention patch (IP-Adapter/FaceID on attn2, or a foreign attn1 replace):
+    plain attention that counts its calls, so a test can see it was still called."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+        self.calls += 1
+        return optimized_attention(q, k, v, extra_options["n_heads"])
+
+    def __deepcopy__(self, memo):
+        return self

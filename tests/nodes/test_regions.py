@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from helpers import Graph
+from helpers import CountingAttention, Graph
 
 RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9), (0.1, 0.8, 0.2)
 SIZE = 64
@@ -116,27 +116,12 @@ def test_vote_sources_run_once_per_step_and_record_their_regions(host, g, two, p
     assert patch.last_regions is not None and patch.last_regions.shape == (2, SIZE, SIZE)
 
 
-class _Attn2Replace:
-    """Another pack's attn2 replace (IP-Adapter / FaceID style): it must still be called."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
-        self.calls += 1
-        return optimized_attention(q, k, v, extra_options["n_heads"])
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 def test_prompt_regions_read_the_words_and_chain_with_other_attn2_patches(host, g, two, caplog):
     prompt = "a person wearing a red shirt and blue jeans"
     pos = g.encode(prompt)
     req = regions(host, "prompt", clip=g.clip, prompt=prompt)
     m = g.model.clone()
-    ip = _Attn2Replace()
+    ip = CountingAttention()
     for key in host.module("nodes.regions").attn2_modules(m.model.diffusion_model):
         m.set_model_attn2_replace(ip, *key)
     patched = g.apply(two, model=m, regions=req)

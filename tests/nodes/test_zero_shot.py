@@ -8,7 +8,7 @@ import psutil
 import pytest
 import torch
 
-from helpers import Graph, garment_image
+from helpers import CountingAttention, Graph, garment_image
 
 RED, BLUE, GREEN = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9), (0.1, 0.8, 0.2)
 
@@ -109,25 +109,10 @@ def test_cfg_policy_both_dresses_uncond_too(g, two):
     assert (paper - both).abs().max() > 1e-4
 
 
-class _Counter:
-    """A stand-in for another pack's attention patch (IP-Adapter on attn2, or a foreign attn1 replace)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
-        self.calls += 1
-        return optimized_attention(q, k, v, extra_options["n_heads"])
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 def test_chain_lora_controlnet_attn2_and_foreign_attn1(host, g, two, tiny_model_names):
     (lora_model,) = host.run("LoraLoaderModelOnly", model=g.model, lora_name=tiny_model_names["lora"], strength_model=1.0)
-    ip = _Counter()
-    foreign = _Counter()
+    ip = CountingAttention()
+    foreign = CountingAttention()
     m = lora_model.clone()
     for key in host.module("nodes.common").attn1_modules(m.model.diffusion_model):
         m.set_model_attn2_replace(ip, *key)
