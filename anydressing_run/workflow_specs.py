@@ -44,15 +44,17 @@ APPLY_DEFAULTS = dict(strength=STRENGTH, start_percent=0.0, end_percent=1.0, for
 THIRD_PARTY = {"anydressing_ipadapter_faceid": "ComfyUI_IPAdapter_plus (cubiq)"}
 
 
-def _garments(g, ckpt, slots):
-    """LoadImage + AnyDressingGarment chain for ``slots``, then Encode Garments; returns the features node."""
+def _garments(g, ckpt, slots, size=(384, 512), clip=False):
+    """LoadImage + AnyDressingGarment chain for ``slots``, then Encode Garments at ``size``; returns the features
+    node. ``clip``: the checkpoint's CLIP goes in too (SDXL's garment pass reads the empty prompt's pooled embedding)."""
     chain = None
     for slot in slots:
         img = g.add("LoadImage", f"Garment image: {slot}", image=sample(slot))
         extra = {"garments": chain} if chain is not None else {}
         chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=img, slot=slot, weight=1.0, **extra)
+    extra = {"clip": ckpt[1]} if clip else {}
     return g.add("AnyDressingEncodeGarments", "Encode Garments", model=ckpt[0], vae=ckpt[2], garments=chain,
-                 width=384, height=512)
+                 width=size[0], height=size[1], **extra)
 
 
 def _finish(g, ckpt, model, clip, positive, negative, latent, denoise=1.0, name="result", decode_to=None):
@@ -246,22 +248,10 @@ Sampler settings follow the paper: strength (lambda) 0.7, cfg 6, DDIM 30 steps; 
 {extra}"""
 
 
-def _sdxl_garments(g, ckpt, slots):
-    """The garment chain and Encode Garments for SDXL: the checkpoint's CLIP in, garments at 768x1024."""
-    chain = None
-    for slot in slots:
-        img = g.add("LoadImage", f"Garment image: {slot}", image=sample(slot))
-        extra = {"garments": chain} if chain is not None else {}
-        chain = g.add("AnyDressingGarment", f"Garment: {slot}", image=img, slot=slot, weight=1.0, **extra)
-    width, height = SDXL_GARMENT_SIZE
-    return g.add("AnyDressingEncodeGarments", "Encode Garments", model=ckpt[0], vae=ckpt[2], garments=chain,
-                 width=width, height=height, clip=ckpt[1])
-
-
 def _sdxl(name, slots, prompt, pose=False):
     g = GraphBuilder()
     ckpt = g.add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=SDXL_CHECKPOINT)
-    features = _sdxl_garments(g, ckpt, slots)
+    features = _garments(g, ckpt, slots, SDXL_GARMENT_SIZE, clip=True)
     model = g.add("AnyDressingApply", "Apply AnyDressing", model=ckpt[0], features=features,
                   garment_token_budget=SDXL_TOKEN_BUDGET, **APPLY_DEFAULTS)
     pos, neg = _text(g, ckpt[1], prompt)
