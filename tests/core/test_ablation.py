@@ -241,12 +241,12 @@ def test_pooling_row_pools_the_top_layers_only(cfg, views):
 
 
 def test_gradient_probe_reports_each_terms_pull(cfg):
-    """benchmarks.ablation.gradients: finite norms for every term and the weighted ratios the docs quote."""
+    """benchmarks.ablation.gradients: every loss term reaches the trainable weights (a term cut off from them,
+    e.g. maps detached from the graph or GTL on no rows, reads as a zero pull)."""
     from benchmarks.ablation.gradients import measure
 
     out = measure(cfg, batches=1, seed=0)
     mean = out["mean"]
-    assert all(np.isfinite(mean[k]) and mean[k] >= 0 for k in ("g_ldm", "g_loc", "g_tex")) and mean["g_ldm"] > 0
-    assert -1.0 <= mean["cos_tex"] <= 1.0 and 0.0 < out["gated_share_of_rows"] < 1.0
-    ratio = out["weighted_gradient_over_ldm"]
-    assert ratio["lambda2 1"] == pytest.approx(1000 * ratio["lambda2 0.001"])
+    assert all(np.isfinite(mean[k]) and mean[k] > 0 for k in ("g_ldm", "g_loc", "g_tex"))
+    assert -1.0 <= mean["cos_loc"] <= 1.0 and -1.0 <= mean["cos_tex"] <= 1.0
+    assert 0.0 < out["gated_share_of_rows"] < 1.0
