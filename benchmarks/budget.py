@@ -86,7 +86,8 @@ def tiny_timing(host, w: int, h: int, ns, steps: int, repeats: int, budget: int)
 def fidelity(mode: str):
     if mode == "off":
         return None
-    from .ablation.run import config, run_ablation
+    from .ablation.run import run_ablation
+    from .ablation.train import config
 
     with tempfile.TemporaryDirectory() as out:
         return run_ablation(config(quick=mode == "quick"), out, ["zero_shot", "zero_shot_pool2"])

@@ -13,7 +13,8 @@ import json
 import logging
 
 from . import report
-from .run import config, run_ablation
+from .run import run_ablation
+from .train import config
 from .settings import SETTINGS
 
 

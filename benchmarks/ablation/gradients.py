@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from anydressing_core import losses
-from .run import config
 from .settings import BY_NAME
-from .train import GTL_MIN_ABAR, SLOTS, Dresser, _x0, _noised, make_data, schedule, take, to_image, to_latent, \
-    train_base
+from .train import GTL_MIN_ABAR, SLOTS, Dresser, _x0, _noised, config, make_data, schedule, take, to_image, \
+    to_latent, train_base
 
 
 def _flat_grad(loss: torch.Tensor, params: List[torch.Tensor]) -> torch.Tensor:

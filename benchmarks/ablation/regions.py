@@ -37,7 +37,6 @@ from anydressing_core.regions import RegionPlan, RegionSource, RegionSpec
 from anydressing_core.regions.body import slot_masks
 from anydressing_core.regions.keypoints import frame_from_points
 from anydressing_core.regions.openpose_image import draw_openpose, keypoints_from_openpose
-from anydressing_core.synthetic import render_sample
 
 from . import report, scores, stats
 from .report import _tile
@@ -68,10 +67,9 @@ class BenchRegions:
         return self.plan.tokens(hw, q.shape[0])
 
 
-def keypoints(count: int, cfg) -> List[np.ndarray]:
-    """COCO-17 pixel keypoints of the validation samples (the same renders as ``make_data``)."""
-    return [render_sample(VAL_OFFSET + i, cfg.size, cfg.data_seed, slots=SLOTS, pattern_scale=cfg.pattern_scale).keypoints
-            for i in range(count)]
+def keypoints(view) -> List[np.ndarray]:
+    """COCO-17 pixel keypoints of a view's samples, as the generator drew them."""
+    return [kp.numpy() for kp in view["keypoints"]]
 
 
 def pose_masks(points: List[np.ndarray], size: int, via_image: bool) -> torch.Tensor:
@@ -114,7 +112,7 @@ def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
     setting = BY_NAME["zero_shot"]
     train = make_data(cfg.n_train, cfg, [setting.world])[setting.world]
     val = take(make_data(cfg.n_val, cfg, [setting.world], VAL_OFFSET)[setting.world], slice(None))
-    points = keypoints(cfg.n_val, cfg)
+    points = keypoints(val)
     textured = np.isin(val["pattern"].numpy(), TEXTURED)
     latent_hw = (cfg.size // cfg.patch, cfg.size // cfg.patch)
     per: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {s: {} for s in sources}

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 from . import regions, report, scores, stats
 from .settings import BY_NAME, COMPARISONS, SETTINGS, WORLDS, Setting, select
-from .train import QUICK, SLOTS, TEXTURED, VAL_OFFSET, Config, check_config, config, make_data, sample, take, \
-    train_base, train_setting
+from .train import SLOTS, TEXTURED, VAL_OFFSET, Config, check_config, make_data, sample, take, train_base, \
+    train_setting
 from .model import TinyUNet
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _setting_task(job):
     v = val[setting.world]
     hook = None
     if setting.regions:
-        hook = regions.BenchRegions(regions.spec_for(setting.regions, v, regions.keypoints(cfg.n_val, cfg), cfg.size),
+        hook = regions.BenchRegions(regions.spec_for(setting.regions, v, regions.keypoints(v), cfg.size),
                                     (cfg.size // cfg.patch, cfg.size // cfg.patch), cfg.device)
     images, maps = sample(model, v, cfg, seed, regions=hook)
     textured = np.isin(v["pattern"].numpy(), TEXTURED)

@@ -100,7 +100,8 @@ def _render(job) -> Dict[str, np.ndarray]:
         row = {"person": s.person.transpose(2, 0, 1), "pose": pose_image(s.keypoints, size).transpose(2, 0, 1),
                "masks": np.stack([g.mask for g in s.garments]),
                "edges": cv2.Canny(cv2.cvtColor(s.person, cv2.COLOR_RGB2GRAY), 50, 150)[None] > 0,
-               "pattern": np.array([PATTERNS.index(g.spec.pattern) for g in s.garments])}
+               "pattern": np.array([PATTERNS.index(g.spec.pattern) for g in s.garments]),
+               "keypoints": s.keypoints}
         for w in worlds:  # the person does not depend on the world: only the in-shop pictures are drawn again
             pictures = [(g.image, g.garment_mask) if not WORLDS[w].swatch else in_shop_picture(g.spec, size, True)
                         for g in s.garments]
@@ -118,7 +119,8 @@ def make_data(count: int, cfg: Config, worlds: Sequence[str], offset: int = 0,
     A view holds person and pose ``[n, 3, S, S]`` uint8, garments ``[n, 3, 3, S, S]`` uint8 (the
     world's in-shop pictures), masks (person-image M_k) and garment_masks ``[n, 3, S, S]`` bool,
     edges ``[n, 1, S, S]`` bool (Canny of the person image, thresholds 50/150 [choice]) and
-    pattern ``[n, 3]`` (index in ``synthetic.PATTERNS``).  Worlds share the person tensors.
+    pattern ``[n, 3]`` (index in ``synthetic.PATTERNS``) and keypoints ``[n, 17, 2]`` (COCO-17 pixels, float64,
+    for the regions rows).  Worlds share the person tensors.
     ``jobs > 1`` renders in that many processes (the samples do not depend on it).
     """
     jobs = max(1, min(jobs, count // 50))
@@ -140,7 +142,7 @@ def take(view: Dict[str, torch.Tensor], idx, device: str = "cpu") -> Dict[str, t
     out = {}
     for key, v in view.items():
         v = v[idx].to(device)
-        if key == "pattern":
+        if key in ("pattern", "keypoints"):
             out[key] = v
         elif v.dtype == torch.uint8:
             out[key] = v.float().div(127.5).sub(1.0)

@@ -10,9 +10,9 @@ import torch
 from anydressing_core import attention, gfe
 from benchmarks.ablation import model as bench_model
 from benchmarks.ablation import scores, stats
-from benchmarks.ablation.run import config, run_ablation
+from benchmarks.ablation.run import run_ablation
 from benchmarks.ablation.settings import BY_NAME, COMPARISONS, SETTINGS, WORLDS, select
-from benchmarks.ablation.train import Dresser, make_data, sample, take, train_base, train_setting
+from benchmarks.ablation.train import Dresser, config, make_data, sample, take, train_base, train_setting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import json
 import torch
 
 from benchmarks.ablation.regions import SOURCES, run_regions
-from benchmarks.ablation.run import config
+from benchmarks.ablation.train import config
 
 
 def test_quick_regions_run_writes_its_table_and_regions_restrict_the_maps(tmp_path, one_thread):
