@@ -100,10 +100,6 @@ def spec_for(source: str, val, points, size: int, vote=None) -> RegionSpec:
     raise ValueError(f"unknown region row {source!r}; use one of {SOURCES}")
 
 
-def _summaries(per_seed, metrics) -> Dict[str, object]:
-    return {m: stats.seed_summary(per_seed, m, SLOTS) for m in metrics if m in next(iter(per_seed.values()))}
-
-
 def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
     """The zero-shot row with each region source over ``cfg.seeds``; writes regions.json/.md/.png under ``out``."""
     os.makedirs(out, exist_ok=True)
@@ -136,7 +132,7 @@ def run_regions(cfg, out: str, sources=SOURCES, vote=None) -> Dict[str, object]:
                 used[s] = None if hook is None else [hook.plan.picture((cfg.size, cfg.size), i)
                                                      for i in range(min(PICTURE_ROWS, cfg.n_val))]
             log.info("seed %d %s: %s", seed, s, {k: round(float(np.nanmean(v)), 3) for k, v in scored.items()})
-    results = {s: _summaries(per[s], report.METRICS) for s in sources}
+    results = {s: stats.summaries(per[s], report.METRICS, SLOTS) for s in sources}
     paired = {}
     for ref in ("zero_shot", "masks"):
         for s in sources:

@@ -208,8 +208,7 @@ def run_ablation(cfg: Config, out: str, names: Optional[Sequence[str]] = None, j
     for task in tasks:
         per[task["setting"]][task["seed"]] = task["scores"]
     result = _statistics(per, settings)
-    result["ground_truth"] = {w: {m: stats.seed_summary({0: _truth(val[w])}, m, SLOTS) for m in report.METRICS
-                                  if m != "loc_iou"} for w in worlds}
+    result["ground_truth"] = {w: stats.summaries({0: _truth(val[w])}, report.METRICS, SLOTS) for w in worlds}
     result.update(
         config=dataclasses.asdict(cfg), requested_budget={"steps": requested.steps, "base_steps": requested.base_steps},
         settings=[dataclasses.asdict(s) for s in settings], worlds={w: dataclasses.asdict(WORLDS[w]) for w in worlds},
@@ -239,9 +238,7 @@ def _truth(v) -> Dict[str, np.ndarray]:
 
 def _statistics(per: Dict[str, Dict[int, Dict[str, np.ndarray]]], settings: Sequence[Setting]) -> Dict[str, object]:
     """Per-setting summaries, the truth's own scores, and every comparison with its verdict."""
-    metrics = report.METRICS
-    results = {s.name: {m: stats.seed_summary(per[s.name], m, SLOTS) for m in metrics
-                        if m in next(iter(per[s.name].values()))} for s in settings}
+    results = {s.name: stats.summaries(per[s.name], report.METRICS, SLOTS) for s in settings}
     comparisons, met = [], {}
     for c in COMPARISONS:
         if c.after not in per or c.before not in per:

@@ -61,6 +61,12 @@ def seed_summary(per_seed: PerSeed, metric: str, slots: Sequence[str] = ()) -> D
     return out
 
 
+def summaries(per_seed: PerSeed, metrics: Sequence[str], slots: Sequence[str] = ()) -> Dict[str, object]:
+    """:func:`seed_summary` of each of ``metrics`` that the scores have."""
+    first = next(iter(per_seed.values()))
+    return {m: seed_summary(per_seed, m, slots) for m in metrics if m in first}
+
+
 def _two_way(d: np.ndarray) -> Tuple[float, float]:
     """Variance of the grand mean of ``d [S, I]`` and its degrees of freedom (see module docstring)."""
     seeds, items = d.shape
